@@ -1,0 +1,103 @@
+"""Privacy accounting with Opacus's accountants; the budget arithmetic lives here only.
+
+Epsilon is always the accountant's upper bound (PRV's ``eps_upper``, RDP's
+conversion), so it is never under-reported. A budget becomes a number of steps,
+found by searching the accountant itself, so the training loop can stop *before*
+the step that would exceed it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+from opacus.accountants import create_accountant
+from opacus.accountants.accountant import IAccountant
+from opacus.accountants.utils import get_noise_multiplier
+
+ACCOUNTANTS = ("prv", "rdp")
+
+
+def make_accountant(name: str) -> IAccountant:
+    if name not in ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {name!r}.")
+    return create_accountant(mechanism=name)
+
+
+def check_budget(epsilon: float | None, delta: float, dataset_size: int | None = None) -> None:
+    """Validate (epsilon, delta) at the boundary; warn when delta is too large for the dataset."""
+    if epsilon is not None and not (epsilon > 0 and math.isfinite(epsilon)):
+        raise ValueError(f"epsilon must be a positive finite number, got {epsilon}. For no privacy, train without the engine.")
+    if not (0 < delta < 1):
+        raise ValueError(f"delta must be in (0, 1), got {delta}. A common choice is 1e-5 or 1/(10 N).")
+    if dataset_size and delta > 1.0 / dataset_size:
+        warnings.warn(
+            f"delta={delta} exceeds 1/N = {1.0 / dataset_size:.3g} for N={dataset_size} examples: such a guarantee "
+            "allows leaking whole examples. Use delta < 1/N (e.g. 1e-5).",
+            stacklevel=3,
+        )
+
+
+def epsilon_of(accountant: IAccountant, delta: float, history: list | None = None) -> float:
+    """Epsilon of ``history`` (default: the accountant's own), without touching the accountant."""
+    probe = copy.deepcopy(accountant)
+    if history is not None:
+        probe.history = history
+    if not probe.history:
+        return 0.0
+    return float(probe.get_epsilon(delta=delta))
+
+
+def _with_steps(history: list, noise_multiplier: float, sample_rate: float, steps: int) -> list:
+    history = [tuple(h) for h in history]
+    if steps <= 0:
+        return history
+    if history and history[-1][0] == noise_multiplier and history[-1][1] == sample_rate:
+        return history[:-1] + [(noise_multiplier, sample_rate, history[-1][2] + steps)]
+    return history + [(noise_multiplier, sample_rate, steps)]
+
+
+def steps_within_budget(
+    accountant: IAccountant,
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    target_epsilon: float,
+    delta: float,
+    limit: int = 10**8,
+) -> int:
+    """How many more steps at (sigma, q) keep epsilon <= target, on top of the accountant's history."""
+    if noise_multiplier <= 0:
+        return 0
+    fits = lambda k: epsilon_of(accountant, delta, _with_steps(accountant.history, noise_multiplier, sample_rate, k)) <= target_epsilon  # noqa: E731
+    if not fits(0 if accountant.history else 1):
+        return 0
+    low, high = (0 if accountant.history else 1), 1
+    while high <= limit and fits(high):
+        low, high = high, high * 2
+    if high > limit:
+        return limit
+    while high - low > 1:
+        mid = (low + high) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+def calibrate_noise(
+    *, target_epsilon: float, target_delta: float, sample_rate: float, steps: int, accountant: str
+) -> float:
+    """Smallest sigma (to Opacus's tolerance) whose epsilon after ``steps`` is at most the target."""
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=target_delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+            epsilon_tolerance=0.01,
+        )
+    )

@@ -1,0 +1,200 @@
+"""The fused per-layer clipping module: FlashDP's idea on PyTorch autograd.
+
+Every module that has a rule runs its forward with detached parameters, so autograd
+never forms the non-private weight gradient. A small autograd function (the *tap*)
+sits on the module's output; in the backward pass it receives the output gradient,
+asks the rule for each sample's gradient norm of that module, turns the norms into
+clip factors and returns the clipped sum as the parameters' gradient. With
+``clipping="per_layer"`` this all happens inside the backward, layer by layer, and
+nothing per-sample outlives the layer. With ``clipping="flat"`` the factors need the
+norm over all layers, so the tap keeps the layer's input and output gradient
+(book-keeping, Bu et al. 2023) and :meth:`DPModule.finish_flat_clipping` forms the
+clipped sums once the whole backward is done.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dpplat.engine.rules import RuleContext, get_rule
+from dpplat.engine.rules.registry import LayerRule
+from dpplat.engine.validate import check_module
+
+
+def clip_factors(norm_sq: torch.Tensor, bound: float) -> torch.Tensor:
+    """``min(1, C / ||g_i||)``, written as ``C / max(||g_i||, C)`` so a zero gradient gives 1 exactly."""
+    return bound / norm_sq.sqrt().clamp_min(bound)
+
+
+@dataclass
+class Layer:
+    """One clipping group: a module's trainable parameters together."""
+
+    name: str
+    module: nn.Module
+    rule: LayerRule
+    params: list[tuple[str, nn.Parameter]]
+    bound: float = math.inf
+    last_forward: int = -1
+    pending: list = field(default_factory=list)
+
+
+class _ClipTap(torch.autograd.Function):
+    """Identity on the module output whose backward produces the parameters' clipped gradients."""
+
+    @staticmethod
+    def forward(ctx, layer: Layer, owner: "DPModule", forward_id: int, out: torch.Tensor, x: torch.Tensor, *params):
+        ctx.layer, ctx.owner, ctx.forward_id = layer, owner, forward_id
+        ctx.save_for_backward(x)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        grads = ctx.owner._layer_backward(ctx.layer, ctx.forward_id, x, grad_out)
+        return (None, None, None, grad_out, None, *grads)
+
+
+def _tapped_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    layer: Layer = module._dpplat_layer
+    owner: DPModule = module._dpplat_owner
+    out = layer.rule.forward(module, x)
+    if not torch.is_grad_enabled():
+        return out
+    forward_id = owner._forward_id
+    if layer.last_forward == forward_id:
+        raise RuntimeError(
+            f"module '{layer.name}' ran twice in one forward pass (shared weights). Per-sample clipping needs "
+            "each trainable module applied once per sample; use separate modules instead of reusing one."
+        )
+    layer.last_forward = forward_id
+    return _ClipTap.apply(layer, owner, forward_id, out, x, *(p for _, p in layer.params))
+
+
+class DPModule(nn.Module):
+    """Wraps a model so that its backward pass leaves clipped, summed gradients in ``.grad``.
+
+    Parameters
+    ----------
+    module: the model; every module with trainable parameters needs a registered rule.
+    max_grad_norm: C. With ``clipping="per_layer"`` a float is split equally,
+        ``C_l = C / sqrt(L)``, or a list gives each group's ``C_l``.
+    clipping: ``"per_layer"`` (fused into the backward) or ``"flat"`` (one bound on the whole gradient).
+    loss_reduction: ``"mean"`` or ``"sum"``, how the loss combines the batch's rows.
+    batch_first: whether dim 0 of every layer's input is the batch (required).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        max_grad_norm: float | list[float],
+        clipping: str = "per_layer",
+        loss_reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        if clipping not in ("per_layer", "flat"):
+            raise ValueError(f"clipping must be 'per_layer' or 'flat', got {clipping!r}.")
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}.")
+        self._module = module
+        self.clipping = clipping
+        self.loss_reduction = loss_reduction
+        self.augmentation_multiplicity = 1
+        self._forward_id = 0
+        groups = check_module(module)
+        self._layers = [
+            Layer(name, sub, rule, [(n, p) for n, p in sub.named_parameters(recurse=False) if p.requires_grad])
+            for name, sub, rule in groups
+        ]
+        self._set_bounds(max_grad_norm)
+        for layer in self._layers:
+            sub = layer.module
+            # object.__setattr__: the owner must not become a registered submodule (that would be a cycle).
+            object.__setattr__(sub, "_dpplat_layer", layer)
+            object.__setattr__(sub, "_dpplat_owner", self)
+            object.__setattr__(sub, "forward", types.MethodType(_tapped_forward, sub))
+
+    def _set_bounds(self, max_grad_norm: float | list[float]) -> None:
+        L = len(self._layers)
+        if isinstance(max_grad_norm, (list, tuple)):
+            if self.clipping == "flat":
+                raise ValueError("clipping='flat' takes one max_grad_norm, not a list; use clipping='per_layer'.")
+            if len(max_grad_norm) != L:
+                names = ", ".join(layer.name for layer in self._layers)
+                raise ValueError(f"max_grad_norm has {len(max_grad_norm)} entries but the model has {L} clipping groups: {names}.")
+            bounds = [float(c) for c in max_grad_norm]
+        else:
+            total = float(max_grad_norm)
+            bounds = [total / math.sqrt(L)] * L if self.clipping == "per_layer" else [total] * L
+        if any(not (c > 0 and math.isfinite(c)) for c in bounds):
+            raise ValueError(f"max_grad_norm must be positive and finite, got {max_grad_norm!r}.")
+        for layer, bound in zip(self._layers, bounds):
+            layer.bound = bound
+        self.max_grad_norm = max_grad_norm
+        self.sensitivity = math.sqrt(sum(c * c for c in bounds)) if self.clipping == "per_layer" else float(max_grad_norm)
+
+    @property
+    def clipping_groups(self) -> list[str]:
+        return [layer.name for layer in self._layers]
+
+    @property
+    def per_layer_bounds(self) -> list[float]:
+        return [layer.bound for layer in self._layers]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for layer in self._layers for _, p in layer.params]
+
+    def forward(self, *args, **kwargs):
+        self._forward_id += 1
+        return self._module(*args, **kwargs)
+
+    def _layer_backward(self, layer: Layer, forward_id: int, x: torch.Tensor, grad_out: torch.Tensor):
+        views = self.augmentation_multiplicity
+        rows = x.shape[0]
+        if rows % views:
+            raise RuntimeError(f"batch of {rows} rows is not a multiple of augmentation_multiplicity={views}.")
+        if rows == 0:  # an empty Poisson batch: the clipped sum is zero, the noise still comes
+            return [torch.zeros_like(p) for _, p in layer.params] if self.clipping == "per_layer" else [None] * len(layer.params)
+        scale = rows / views if self.loss_reduction == "mean" else 1.0 / views
+        ctx = RuleContext(layer.module, x, grad_out * scale, views)
+        if self.clipping == "flat":
+            layer.pending.append((forward_id, ctx, layer.rule.norm_sq(ctx)))
+            return [None] * len(layer.params)
+        factors = clip_factors(layer.rule.norm_sq(ctx), layer.bound)
+        grads = layer.rule.clipped_grads(ctx, factors)
+        return [grads[name] for name, _ in layer.params]
+
+    def finish_flat_clipping(self) -> None:
+        """Form the flat-clipped sums from what the backward kept; adds them to ``.grad``."""
+        if self.clipping != "flat":
+            return
+        totals: dict[int, torch.Tensor] = {}
+        for layer in self._layers:
+            for forward_id, _, norm_sq in layer.pending:
+                totals[forward_id] = totals.get(forward_id, 0) + norm_sq
+        factors = {fid: clip_factors(t, self.sensitivity) for fid, t in totals.items()}
+        for layer in self._layers:
+            for forward_id, ctx, _ in layer.pending:
+                grads = layer.rule.clipped_grads(ctx, factors[forward_id])
+                for name, param in layer.params:
+                    g = grads[name]
+                    param.grad = g.clone() if param.grad is None else param.grad + g
+            layer.pending.clear()
+
+    def clear_pending(self) -> None:
+        for layer in self._layers:
+            layer.pending.clear()
+
+    def remove_hooks(self) -> nn.Module:
+        """Restore the wrapped modules' own forward and return the plain model."""
+        for layer in self._layers:
+            sub = layer.module
+            for attr in ("forward", "_dpplat_layer", "_dpplat_owner"):
+                sub.__dict__.pop(attr, None)
+        return self._module

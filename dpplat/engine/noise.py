@@ -1,0 +1,44 @@
+"""Gaussian noise for DP-SGD, from torch's generator or from the operating system's CSPRNG.
+
+``secure_mode=True`` used to mean torchcsprng, which is no longer maintained. We draw
+the uniform bits from ``os.urandom`` (the kernel's CSPRNG: getrandom(2) on Linux),
+turn them into normals with the Box-Muller transform in float64, and, like Opacus's
+secure mode, sum two independent draws of standard deviation ``std / sqrt(2)`` to
+blunt floating-point attacks on the Gaussian's low bits (Holohan & Braghin 2021).
+It is slower than torch's generator, which is why it is opt-in.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+
+def secure_uniform(n: int) -> np.ndarray:
+    """``n`` float64 values uniform on (0, 1], from 53 random bits each of ``os.urandom``."""
+    bits = np.frombuffer(os.urandom(8 * n), dtype=np.uint64)
+    return ((bits >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53
+
+
+def _secure_standard_normal(n: int) -> np.ndarray:
+    half = (n + 1) // 2
+    u1, u2 = secure_uniform(half), secure_uniform(half)
+    radius = np.sqrt(-2.0 * np.log(u1))
+    z = np.concatenate([radius * np.cos(2 * math.pi * u2), radius * np.sin(2 * math.pi * u2)])
+    return z[:n]
+
+
+def gaussian_noise(
+    like: torch.Tensor, std: float, *, secure: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """N(0, std^2) noise with ``like``'s shape, dtype and device."""
+    if std == 0:
+        return torch.zeros_like(like)
+    if not secure:
+        return torch.normal(0.0, std, like.shape, generator=generator, dtype=like.dtype, device=like.device)
+    n = like.numel()
+    z = (_secure_standard_normal(n) + _secure_standard_normal(n)) * (std / math.sqrt(2.0))
+    return torch.from_numpy(z).to(dtype=like.dtype, device=like.device).view_as(like)

@@ -1,0 +1,218 @@
+"""The front door: ``PrivacyEngine``, shaped like Opacus's so users switch in minutes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from dpplat.engine import accounting
+from dpplat.engine.fused import DPModule
+from dpplat.engine.optimizer import DPOptimizer
+from dpplat.engine.sampler import PoissonDataLoader
+from dpplat.engine.statement import PrivacyStatement
+
+
+class PrivacyEngine:
+    """Makes a (module, optimizer, data loader) triple differentially private and keeps its accountant.
+
+    Parameters
+    ----------
+    accountant: ``"prv"`` (default, tightest) or ``"rdp"``, Opacus's accountants.
+    secure_mode: draw noise and Poisson masks from the OS CSPRNG instead of torch's
+        Mersenne Twister (see :mod:`dpplat.engine.noise` for why that is sound).
+    """
+
+    def __init__(self, accountant: str = "prv", secure_mode: bool = False) -> None:
+        self.accountant_name = accountant
+        self.accountant = accounting.make_accountant(accountant)
+        self.secure_mode = secure_mode
+        self.module: DPModule | None = None
+        self.optimizer: DPOptimizer | None = None
+        self.data_loader: DataLoader | None = None
+        self.target_epsilon: float | None = None
+        self.target_delta: float | None = None
+
+    # -- making things private -------------------------------------------------------------
+    def make_private(
+        self,
+        *,
+        module: nn.Module,
+        optimizer: Optimizer,
+        data_loader: DataLoader,
+        noise_multiplier: float,
+        max_grad_norm: float | list[float],
+        clipping: str = "per_layer",
+        poisson_sampling: bool = True,
+        loss_reduction: str = "mean",
+        target_epsilon: float | None = None,
+        target_delta: float | None = None,
+        noise_generator: torch.Generator | None = None,
+    ) -> tuple[DPModule, DPOptimizer, DataLoader]:
+        """Wrap the three; with ``target_epsilon`` the optimizer refuses steps beyond that budget."""
+        if self.module is not None:
+            raise RuntimeError("this PrivacyEngine already manages a model; create one engine per training run.")
+        if noise_multiplier < 0:
+            raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}.")
+        dataset_size = len(data_loader.dataset)
+        if target_epsilon is not None or target_delta is not None:
+            if target_epsilon is None or target_delta is None:
+                raise ValueError("a budget needs both target_epsilon and target_delta.")
+            accounting.check_budget(target_epsilon, target_delta, dataset_size)
+        dp_module = module if isinstance(module, DPModule) else DPModule(
+            module, max_grad_norm=max_grad_norm, clipping=clipping, loss_reduction=loss_reduction
+        )
+        if poisson_sampling:
+            generator = noise_generator
+            data_loader = PoissonDataLoader.from_data_loader(data_loader, generator=generator, secure=self.secure_mode)
+            sample_rate = data_loader.sample_rate
+            expected_batch_size = sample_rate * dataset_size
+        else:
+            sample_rate = 1.0 / len(data_loader)
+            expected_batch_size = data_loader.batch_size
+            if expected_batch_size is None:
+                raise ValueError("without Poisson sampling the data loader needs a fixed batch_size.")
+        dp_optimizer = DPOptimizer(
+            optimizer, dp_module,
+            noise_multiplier=noise_multiplier,
+            expected_batch_size=expected_batch_size,
+            secure_mode=self.secure_mode,
+            generator=noise_generator,
+        )
+        dp_optimizer.attach_step_hook(
+            lambda opt: self.accountant.step(noise_multiplier=opt.noise_multiplier, sample_rate=sample_rate)
+        )
+        self.module, self.optimizer, self.data_loader = dp_module, dp_optimizer, data_loader
+        self.sample_rate, self.dataset_size, self.poisson_sampling = sample_rate, dataset_size, poisson_sampling
+        self.target_epsilon, self.target_delta = target_epsilon, target_delta
+        self._refresh_budget()
+        return dp_module, dp_optimizer, data_loader
+
+    def make_private_with_epsilon(
+        self,
+        *,
+        module: nn.Module,
+        optimizer: Optimizer,
+        data_loader: DataLoader,
+        target_epsilon: float,
+        target_delta: float,
+        epochs: int,
+        max_grad_norm: float | list[float],
+        **kwargs,
+    ) -> tuple[DPModule, DPOptimizer, DataLoader]:
+        """Calibrate sigma (Opacus's search) so that ``epochs`` epochs spend at most ``target_epsilon``."""
+        accounting.check_budget(target_epsilon, target_delta, len(data_loader.dataset))
+        if epochs <= 0:
+            raise ValueError(f"epochs must be positive, got {epochs}.")
+        sample_rate = 1.0 / len(data_loader)
+        sigma = accounting.calibrate_noise(
+            target_epsilon=target_epsilon,
+            target_delta=target_delta,
+            sample_rate=sample_rate,
+            steps=int(epochs * len(data_loader)),
+            accountant=self.accountant_name,
+        )
+        return self.make_private(
+            module=module, optimizer=optimizer, data_loader=data_loader, noise_multiplier=sigma,
+            max_grad_norm=max_grad_norm, target_epsilon=target_epsilon, target_delta=target_delta, **kwargs,
+        )
+
+    # -- accounting --------------------------------------------------------------------------
+    def get_epsilon(self, delta: float) -> float:
+        """Epsilon spent so far at ``delta`` (an upper bound; 0 before the first step)."""
+        accounting.check_budget(None, delta)
+        return accounting.epsilon_of(self.accountant, delta)
+
+    @property
+    def steps_taken(self) -> int:
+        return sum(int(h[2]) for h in self.accountant.history)
+
+    @property
+    def steps_remaining(self) -> int | None:
+        """Steps left before the budget; None when no budget was set."""
+        return None if self.optimizer is None else self.optimizer.steps_left
+
+    def _refresh_budget(self) -> None:
+        if self.optimizer is None or self.target_epsilon is None:
+            return
+        self.optimizer.steps_left = accounting.steps_within_budget(
+            self.accountant,
+            noise_multiplier=self.optimizer.noise_multiplier,
+            sample_rate=self.sample_rate,
+            target_epsilon=self.target_epsilon,
+            delta=self.target_delta,
+        )
+
+    def privacy_statement(self, delta: float | None = None) -> PrivacyStatement:
+        delta = delta if delta is not None else self.target_delta
+        if delta is None or self.optimizer is None:
+            raise ValueError("a privacy statement needs a private model and a delta.")
+        return PrivacyStatement(
+            dataset_size=self.dataset_size,
+            sample_rate=self.sample_rate,
+            noise_multiplier=self.optimizer.noise_multiplier,
+            steps=self.steps_taken,
+            accountant=self.accountant_name,
+            epsilon=self.get_epsilon(delta),
+            delta=delta,
+            clipping=self.module.clipping,
+            max_grad_norm=self.module.sensitivity,
+            poisson_sampling=self.poisson_sampling,
+        )
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | Path, *, extra: dict | None = None) -> None:
+        """Write model, optimizer, accountant history and RNG states atomically (temp file + rename)."""
+        if self.module is None:
+            raise RuntimeError("nothing to checkpoint: call make_private first.")
+        state = {
+            "module": self.module._module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "accountant": self.accountant.state_dict(),
+            "accountant_name": self.accountant_name,
+            "torch_rng": torch.get_rng_state(),
+            "sampler_rng": getattr(self.data_loader, "generator_state", None),
+            "noise_rng": self.optimizer.generator.get_state() if self.optimizer.generator is not None else None,
+            "extra": extra or {},
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self, path: str | Path) -> dict:
+        """Restore what :meth:`save_checkpoint` wrote; the accountant continues its history."""
+        if self.module is None:
+            raise RuntimeError("call make_private with the same model, optimizer and loader before load_checkpoint.")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"checkpoint {path} does not exist.") from None
+        if state.get("accountant_name") != self.accountant_name:
+            raise ValueError(
+                f"checkpoint {path} was accounted with {state.get('accountant_name')!r}, this engine uses "
+                f"{self.accountant_name!r}: resume with the same accountant."
+            )
+        self.module._module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.accountant.load_state_dict(state["accountant"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["sampler_rng"] is not None and hasattr(self.data_loader, "generator_state"):
+            self.data_loader.generator_state = state["sampler_rng"]
+        if state["noise_rng"] is not None and self.optimizer.generator is not None:
+            self.optimizer.generator.set_state(state["noise_rng"])
+        self._refresh_budget()
+        return state["extra"]

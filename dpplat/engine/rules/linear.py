@@ -1,0 +1,45 @@
+"""Rule for ``nn.Linear`` on (B, d) and (B, ..., d) inputs (batch first)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dpplat.engine.rules import matmul
+from dpplat.engine.rules.registry import LayerRule, RuleContext, register_rule, trainable
+
+
+def _fold(ctx: RuleContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input and output gradient as (samples, rows per sample, features)."""
+    n = ctx.num_samples
+    A = ctx.x.reshape(n, -1, ctx.x.shape[-1])
+    G = ctx.grad_output.reshape(n, -1, ctx.grad_output.shape[-1])
+    return A, G
+
+
+@register_rule(nn.Linear)
+class LinearRule(LayerRule):
+    """Weight gradient per sample is ``G_i^T A_i``; bias gradient is ``G_i`` summed over positions."""
+
+    def forward(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        bias = module.bias.detach() if module.bias is not None else None
+        return F.linear(x, module.weight.detach(), bias)
+
+    def norm_sq(self, ctx: RuleContext) -> torch.Tensor:
+        A, G = _fold(ctx)
+        total = A.new_zeros(A.shape[0])
+        if trainable(ctx.module, "weight"):
+            total = total + matmul.weight_norm_sq(A, G)
+        if trainable(ctx.module, "bias"):
+            total = total + matmul.bias_norm_sq(G)
+        return total
+
+    def clipped_grads(self, ctx: RuleContext, factors: torch.Tensor) -> dict[str, torch.Tensor]:
+        A, G = _fold(ctx)
+        grads = {}
+        if trainable(ctx.module, "weight"):
+            grads["weight"] = matmul.weight_clipped_sum(A, G, factors)
+        if trainable(ctx.module, "bias"):
+            grads["bias"] = matmul.bias_clipped_sum(G, factors)
+        return grads

@@ -1,0 +1,62 @@
+"""Per-sample norms and clipped sums for layers whose weight gradient is a matrix product.
+
+A Linear layer on sequences and a convolution on unfolded patches both have, per
+sample i, the weight gradient ``g_i = G_i^T A_i`` with ``A_i`` of shape (T, p) and
+``G_i`` of shape (T, q). Its squared norm can be computed two ways (Li et al. 2022,
+"ghost clipping"; Bu et al. 2023, "mixed" rule of fastDP):
+
+* ghost norm: ``sum_{t,s} (A_i A_i^T)_{ts} (G_i G_i^T)_{ts}``, cost ~ T^2 (p + q);
+* instantiation: form ``g_i`` (q x p) in chunks of samples, cost ~ T p q.
+
+We take the ghost norm when ``2 T^2 < p q`` and instantiate otherwise. Neither keeps
+per-sample gradients beyond one chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Per-sample gradients are instantiated for at most this many floats at a time.
+CHUNK_FLOATS = 1 << 24
+
+
+def use_ghost_norm(T: int, p: int, q: int) -> bool:
+    return 2 * T * T < p * q
+
+
+def weight_norm_sq(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """Squared Frobenius norm of ``G_i^T A_i`` for each sample; A: (N, T, p), G: (N, T, q)."""
+    N, T, p = A.shape
+    q = G.shape[-1]
+    if N == 0:
+        return A.new_zeros(0)
+    if T == 1:
+        return A.square().sum((1, 2)) * G.square().sum((1, 2))
+    if use_ghost_norm(T, p, q):
+        out = A.new_empty(N)
+        step = max(1, CHUNK_FLOATS // max(1, T * T))
+        for s in range(0, N, step):
+            a, g = A[s : s + step], G[s : s + step]
+            out[s : s + step] = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+        return out
+    out = A.new_empty(N)
+    step = max(1, CHUNK_FLOATS // max(1, p * q))
+    for s in range(0, N, step):
+        per_sample = torch.bmm(G[s : s + step].transpose(1, 2), A[s : s + step])
+        out[s : s + step] = per_sample.square().sum((1, 2))
+    return out
+
+
+def weight_clipped_sum(A: torch.Tensor, G: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """``sum_i factors_i G_i^T A_i`` as a (q, p) matrix, one matmul over all rows."""
+    q, p = G.shape[-1], A.shape[-1]
+    scaled = (G * factors.view(-1, 1, 1)).reshape(-1, q)
+    return scaled.t().mm(A.reshape(-1, p))
+
+
+def bias_norm_sq(G: torch.Tensor) -> torch.Tensor:
+    return G.sum(1).square().sum(1)
+
+
+def bias_clipped_sum(G: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("n,nq->q", factors, G.sum(1))

@@ -1,0 +1,85 @@
+"""The registry of per-layer clipping rules and the interface each rule implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+
+_RULES: dict[type[nn.Module], "LayerRule"] = {}
+
+
+@dataclass
+class RuleContext:
+    """What one backward of one layer hands its rule.
+
+    ``x`` is the layer's input and ``grad_output`` the gradient of the loss with
+    respect to the layer's output, already multiplied by ``scale`` so that rows are
+    per-row gradients of the per-sample losses. ``views`` consecutive rows belong to
+    one sample (augmentation multiplicity): a rule folds them into one sample so the
+    clipped quantity is the gradient of the sample's averaged loss. ``cache`` lets a
+    rule keep what it computed for the norm and reuse it for the clipped sum.
+    """
+
+    module: nn.Module
+    x: torch.Tensor
+    grad_output: torch.Tensor
+    views: int = 1
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def num_samples(self) -> int:
+        return self.x.shape[0] // self.views
+
+
+class LayerRule:
+    """Base class of a per-layer rule; subclasses override the three methods.
+
+    ``param_names`` lists the parameters the rule computes gradients for; the
+    engine refuses a module with a trainable parameter outside that list.
+    """
+
+    param_names: ClassVar[tuple[str, ...]] = ("weight", "bias")
+
+    def forward(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Module output computed with detached parameters."""
+        raise NotImplementedError
+
+    def norm_sq(self, ctx: RuleContext) -> torch.Tensor:
+        """Per-sample squared L2 norm, shape (num_samples,), of the trainable parameters' gradient."""
+        raise NotImplementedError
+
+    def clipped_grads(self, ctx: RuleContext, factors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``sum_i factors_i * g_i`` for each trainable parameter, keyed by parameter name."""
+        raise NotImplementedError
+
+    def validate(self, module: nn.Module) -> None:
+        """Raise ``ValueError`` if this module's configuration is outside what the rule supports."""
+
+
+def register_rule(*module_types: type[nn.Module]) -> Callable[[type[LayerRule]], type[LayerRule]]:
+    """Class decorator: register a rule for one or more exact module types."""
+
+    def decorator(rule_cls: type[LayerRule]) -> type[LayerRule]:
+        rule = rule_cls()
+        for module_type in module_types:
+            _RULES[module_type] = rule
+        return rule_cls
+
+    return decorator
+
+
+def get_rule(module: nn.Module) -> LayerRule | None:
+    """The rule for exactly this module's type (subclasses may change the forward, so no MRO walk)."""
+    return _RULES.get(type(module))
+
+
+def registered_types() -> list[type[nn.Module]]:
+    return list(_RULES)
+
+
+def trainable(module: nn.Module, name: str) -> bool:
+    param = getattr(module, name, None)
+    return isinstance(param, nn.Parameter) and param.requires_grad

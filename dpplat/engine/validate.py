@@ -1,0 +1,57 @@
+"""Refuse, before training starts, any model the engine cannot train with a DP guarantee."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from dpplat.engine.rules import get_rule
+from dpplat.engine.rules.registry import LayerRule
+
+_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
+
+
+def check_module(module: nn.Module) -> list[tuple[str, nn.Module, LayerRule]]:
+    """The clipping groups of ``module`` (name, submodule, rule), in module order.
+
+    Raises ``ValueError`` naming the module and the fix for BatchNorm, a trainable
+    module with no rule, or a trainable parameter that its module's rule does not
+    cover: no parameter may train without DP.
+    """
+    groups = []
+    for name, sub in module.named_modules():
+        label = name or "<root>"
+        if isinstance(sub, _BATCH_NORMS):
+            raise ValueError(
+                f"module '{label}' is {type(sub).__name__}: batch normalisation mixes samples, so per-sample "
+                "gradients (and DP) are undefined. Replace it with nn.GroupNorm (e.g. GroupNorm(min(32, C), C))."
+            )
+        own = [(n, p) for n, p in sub.named_parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        rule = get_rule(sub)
+        if rule is None:
+            raise ValueError(
+                f"module '{label}' ({type(sub).__name__}) has trainable parameters but no DP clipping rule. "
+                "Freeze it (requires_grad_(False)), replace it with a supported layer, or register a rule with "
+                "@dpplat.engine.register_rule. Supported: " + ", ".join(sorted(t.__name__ for t in _supported()))
+            )
+        uncovered = [n for n, _ in own if n not in rule.param_names]
+        if uncovered:
+            raise ValueError(
+                f"module '{label}' ({type(sub).__name__}) has trainable parameter(s) {uncovered} that its rule "
+                f"does not cover (it covers {list(rule.param_names)}): freeze them or register a rule for this type."
+            )
+        try:
+            rule.validate(sub)
+        except ValueError as err:
+            raise ValueError(f"module '{label}': {err}") from None
+        groups.append((label, sub, rule))
+    if not groups:
+        raise ValueError("the model has no trainable parameters: nothing to train privately.")
+    return groups
+
+
+def _supported():
+    from dpplat.engine.rules import registered_types
+
+    return registered_types()
