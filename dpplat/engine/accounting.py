@@ -19,6 +19,10 @@ from opacus.accountants.utils import get_noise_multiplier
 ACCOUNTANTS = ("prv", "rdp")
 
 
+class PrivacyWarning(UserWarning):
+    """A setting that is legal but weakens the guarantee a user probably expects."""
+
+
 def make_accountant(name: str) -> IAccountant:
     if name not in ACCOUNTANTS:
         raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {name!r}.")
@@ -35,6 +39,7 @@ def check_budget(epsilon: float | None, delta: float, dataset_size: int | None =
         warnings.warn(
             f"delta={delta} exceeds 1/N = {1.0 / dataset_size:.3g} for N={dataset_size} examples: such a guarantee "
             "allows leaking whole examples. Use delta < 1/N (e.g. 1e-5).",
+            PrivacyWarning,
             stacklevel=3,
         )
 

@@ -106,7 +106,7 @@ class PrivacyEngine:
         **kwargs,
     ) -> tuple[DPModule, DPOptimizer, DataLoader]:
         """Calibrate sigma (Opacus's search) so that ``epochs`` epochs spend at most ``target_epsilon``."""
-        accounting.check_budget(target_epsilon, target_delta, len(data_loader.dataset))
+        accounting.check_budget(target_epsilon, target_delta)  # make_private warns about delta > 1/N
         if epochs <= 0:
             raise ValueError(f"epochs must be positive, got {epochs}.")
         sample_rate = 1.0 / len(data_loader)
@@ -136,6 +136,16 @@ class PrivacyEngine:
     def steps_remaining(self) -> int | None:
         """Steps left before the budget; None when no budget was set."""
         return None if self.optimizer is None else self.optimizer.steps_left
+
+    def charge_steps(self, steps: int) -> None:
+        """Count ``steps`` more steps at the current (sigma, q) without taking them.
+
+        For steps that ran but whose results were lost (a crash after the last
+        checkpoint): their noisy updates may have been observed, so they stay spent.
+        """
+        for _ in range(steps):
+            self.accountant.step(noise_multiplier=self.optimizer.noise_multiplier, sample_rate=self.sample_rate)
+        self._refresh_budget()
 
     def _refresh_budget(self) -> None:
         if self.optimizer is None or self.target_epsilon is None:

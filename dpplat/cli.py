@@ -1,0 +1,111 @@
+"""``dpplat train | audit | dashboard``: the command-line surface."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from dpplat.store import StoreError, default_store_path
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model under a privacy budget and store the run")
+    p.add_argument("--config", help="a TOML recipe (models/*.toml); flags given here override it")
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10"])
+    p.add_argument("--model", help="a name from the zoo (dpplat.models.available())")
+    p.add_argument("--epsilon", type=float, help="target epsilon: the budget the run never exceeds")
+    p.add_argument("--delta", type=float)
+    p.add_argument("--sigma", type=float, help="noise multiplier instead of calibrating it from --epsilon")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="expected batch size (Poisson sampling rate = B / N)")
+    p.add_argument("--max-grad-norm", type=float, help="total clipping bound C")
+    p.add_argument("--clipping", choices=["per_layer", "flat"])
+    p.add_argument("--accountant", choices=["prv", "rdp"])
+    p.add_argument("--optimizer", choices=["sgd", "adam"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--subset", type=int, help="train on a deterministic random subset of this many examples")
+    p.add_argument("--test-subset", type=int, help="evaluate on a subset of the test split")
+    p.add_argument("--secure-mode", action="store_true", default=None, help="noise from the OS CSPRNG")
+    p.add_argument("--name", help="a label for the run")
+    p.add_argument("--data-dir", help="folder with the dataset files (default: DPPLAT_DATA or ../shared/data)")
+    p.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
+    p.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a stored run from its checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; print only the result line")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dpplat.store import RunStore
+    from dpplat.training import TrainConfig, train
+
+    overrides = {k: getattr(args, k) for k in (
+        "dataset", "model", "epsilon", "delta", "sigma", "epochs", "batch_size", "max_grad_norm", "clipping",
+        "accountant", "optimizer", "lr", "momentum", "seed", "subset", "test_subset", "secure_mode", "name", "data_dir",
+    )}
+    if args.config:
+        config = TrainConfig.from_toml(args.config, **overrides)
+    else:
+        config = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    store = RunStore(args.store or default_store_path())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = train(config, store=store, quiet=args.quiet, resume=args.resume)
+        finally:
+            _print_warnings(caught)
+    if args.quiet:
+        print(f"run {result.run_id}: accuracy {result.accuracy:.4f}, epsilon {result.epsilon:.3f} (delta {result.delta:g}), "
+              f"status {result.status}, store {result.store_path.resolve()}")
+        return 0
+    print()
+    print(result.statement)
+    print()
+    if result.status == "budget_exhausted":
+        print(f"Training stopped early: the privacy budget epsilon = {config.epsilon} was reached.")
+    print(f"Test accuracy: {result.accuracy:.2%}   epsilon spent: {result.epsilon:.3f} (delta = {result.delta:g})   "
+          f"steps: {result.steps}   time: {result.seconds:.0f}s")
+    print(f"Run {result.run_id} stored in {result.store_path.resolve()}")
+    return 0
+
+
+def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Privacy warnings, once each, on stderr; library chatter (e.g. RDP order hints) is dropped."""
+    from dpplat.engine.accounting import PrivacyWarning
+
+    seen = set()
+    for w in caught:
+        text = str(w.message)
+        if text in seen or not issubclass(w.category, PrivacyWarning):
+            continue
+        seen.add(text)
+        print(f"dpplat: warning: {text}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpplat", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dpplat.data import DatasetError
+
+    args = build_parser().parse_args(argv)
+    handlers = {"train": _train}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, StoreError, DatasetError, FileNotFoundError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"dpplat {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dpplat {args.command}: interrupted; resume with --resume RUN_ID", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

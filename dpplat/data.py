@@ -1,0 +1,189 @@
+"""Datasets from local files first: MNIST, Fashion-MNIST and CIFAR-10 (JPEG q75) as shipped in ``shared/data``.
+
+The files are verified against their SHA-256 on first load in a process, and every
+failure (missing folder, missing file, corrupt file) raises :class:`DatasetError`
+naming the file, where it was expected and how to get it. CIFAR-10 comes as JPEG
+bytes; it is decoded once with Pillow and the arrays cached under the cache folder
+(``DPPLAT_CACHE``, default ``~/.cache/dpplat``), keyed by the file's checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+
+class DatasetError(RuntimeError):
+    """A dataset file is missing or corrupt; the message says where it should be and how to get it."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    file: str
+    sha256: str
+    channels: int
+    size: int
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+DATASETS = {
+    "mnist": DatasetInfo(
+        "mnist", "mnist.npz", "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64",
+        1, 28, tuple(str(i) for i in range(10)), (0.1307,), (0.3081,),
+    ),
+    "fashion-mnist": DatasetInfo(
+        "fashion-mnist", "fashion_mnist.npz", "5b6d2c4c694a91887af8ab7d039c04f80af3c29378d731c93a538d2e831aa469",
+        1, 28,
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        (0.2860,), (0.3530,),
+    ),
+    "cifar10": DatasetInfo(
+        "cifar10", "cifar10_jpeg.npz", "69d0ed7bc1268a2305a7504036283dfa16c191ca0fb1d1e56401360066d64fe8",
+        3, 32,
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+    ),
+}
+
+_VERIFIED: set[Path] = set()
+_HOW_TO_GET = (
+    "The datasets ship in the project's shared/data folder (see its README and SHA256SUMS). "
+    "Point dpplat at that folder with --data-dir DIR or DPPLAT_DATA=DIR."
+)
+
+
+def default_data_dir() -> Path | None:
+    """``DPPLAT_DATA``, else ``../shared/data`` next to the checkout or the working directory."""
+    env = os.environ.get("DPPLAT_DATA")
+    if env:
+        return Path(env)
+    repo_root = Path(__file__).resolve().parents[1]
+    for candidate in (repo_root.parent / "shared" / "data", Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DPPLAT_CACHE", Path.home() / ".cache" / "dpplat"))
+
+
+def _info(name: str) -> DatasetInfo:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}.") from None
+
+
+def dataset_file(name: str, data_dir: str | Path | None = None) -> Path:
+    """The verified path of a dataset's file (checksum checked once per process)."""
+    info = _info(name)
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    if folder is None:
+        raise DatasetError(f"no data folder found for {name}: expected {info.file} in ../shared/data. {_HOW_TO_GET}")
+    path = folder / info.file
+    if not path.is_file():
+        raise DatasetError(f"dataset file {info.file} is missing: expected it at {path}. {_HOW_TO_GET}")
+    if path not in _VERIFIED:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != info.sha256:
+            raise DatasetError(
+                f"dataset file {path} is corrupt: its SHA-256 is {digest}, expected {info.sha256}. "
+                f"Restore it from the project's shared/data folder. {_HOW_TO_GET}"
+            )
+        _VERIFIED.add(path)
+    return path
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DatasetError(f"dataset file {path} cannot be read ({err}). {_HOW_TO_GET}") from None
+
+
+def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    images = np.empty((len(offsets) - 1, 32, 32, 3), dtype=np.uint8)
+    for i in range(len(offsets) - 1):
+        with Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())) as img:
+            images[i] = np.asarray(img.convert("RGB"))
+    return images
+
+
+def _cifar_arrays(path: Path, info: DatasetInfo) -> dict[str, np.ndarray]:
+    cached = cache_dir() / f"cifar10-{info.sha256[:16]}.npz"
+    if cached.is_file():
+        try:
+            return _load_npz(cached)
+        except DatasetError:
+            cached.unlink(missing_ok=True)  # a broken cache is rebuilt, never trusted
+    raw = _load_npz(path)
+    arrays = {
+        "x_train": _decode_jpegs(raw["train_jpeg"], raw["train_offsets"]),
+        "y_train": raw["y_train"],
+        "x_test": _decode_jpegs(raw["test_jpeg"], raw["test_offsets"]),
+        "y_test": raw["y_test"],
+    }
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, cached)
+    return arrays
+
+
+def load_arrays(name: str, data_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Raw uint8 images (N, H, W[, C]) and labels for both splits, as in the files."""
+    info = _info(name)
+    path = dataset_file(name, data_dir)
+    arrays = _cifar_arrays(path, info) if name == "cifar10" else _load_npz(path)
+    missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays)
+    if missing:
+        raise DatasetError(f"dataset file {path} lacks arrays {sorted(missing)}. {_HOW_TO_GET}")
+    return arrays
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    *,
+    data_dir: str | Path | None = None,
+    subset: int | None = None,
+    seed: int = 0,
+    normalize: bool = True,
+) -> TensorDataset:
+    """A ``TensorDataset`` of float images (N, C, H, W) and int64 labels.
+
+    ``subset`` takes a deterministic random subset of that many examples (seeded), for
+    small runs and tests; the order within it is random but fixed by ``seed``.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    info = _info(name)
+    arrays = load_arrays(name, data_dir)
+    x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    if subset is not None:
+        if not 0 < subset <= len(x):
+            raise ValueError(f"subset must be between 1 and {len(x)} for {name}/{split}, got {subset}.")
+        index = np.random.default_rng(seed).permutation(len(x))[:subset]
+        x, y = x[index], y[index]
+    images = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
+    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2).contiguous()
+    if normalize:
+        mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+        std = torch.tensor(info.std).view(1, -1, 1, 1)
+        images = (images - mean) / std
+    return TensorDataset(images, torch.from_numpy(y.astype(np.int64)))

@@ -1,0 +1,239 @@
+"""The training loop behind ``dpplat train``: data -> Poisson sampler -> model -> fused DP-SGD -> store.
+
+Kept apart from the CLI so that audits (which train many models) and examples call
+the same loop. The store is told about every step *before* it is taken, so a run
+that crashes after its last checkpoint resumes with those steps still counted:
+epsilon is never under-reported after a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from dpplat import data as datasets
+from dpplat import models
+from dpplat.engine import PrivacyEngine
+from dpplat.engine.accounting import check_budget
+from dpplat.store import RunStore
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; a ``models/*.toml`` recipe holds the same keys.
+
+    ``epsilon`` is the budget: with ``sigma`` unset, sigma is calibrated so that
+    ``epochs`` epochs spend exactly that; with ``sigma`` set, training stops before
+    the step that would exceed ``epsilon`` (if given).
+    """
+
+    dataset: str = "mnist"
+    model: str = "cnn"
+    epsilon: float | None = 2.0
+    delta: float = 1e-5
+    sigma: float | None = None
+    epochs: int = 1
+    batch_size: int = 256
+    max_grad_norm: float = 1.0
+    clipping: str = "per_layer"
+    accountant: str = "prv"
+    optimizer: str = "sgd"
+    lr: float = 2.0
+    momentum: float = 0.9
+    seed: int = 0
+    subset: int | None = None
+    test_subset: int | None = None
+    secure_mode: bool = False
+    name: str | None = None
+    data_dir: str | None = None
+    log_every: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides) -> "TrainConfig":
+        """Read a recipe; top-level keys or a ``[train]`` table map onto the fields, the rest goes to ``extra``."""
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file {path} does not exist.") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"config file {path} is not valid TOML: {err}") from None
+        table = dict(raw.get("train", raw))
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k.replace("-", "_"): v for k, v in table.items() if k.replace("-", "_") in names}
+        extra = {k: v for k, v in raw.items() if k.replace("-", "_") not in names and k != "train"}
+        known.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**known, extra={**extra, **known.pop("extra", {})})
+
+    def validate(self) -> None:
+        if self.epsilon is None and self.sigma is None:
+            raise ValueError("give a budget (--epsilon) or a noise multiplier (--sigma).")
+        if self.sigma is not None and self.sigma < 0:
+            raise ValueError(f"--sigma must be >= 0, got {self.sigma}.")
+        check_budget(self.epsilon, self.delta)
+        if self.epochs <= 0:
+            raise ValueError(f"--epochs must be positive, got {self.epochs}.")
+        if self.batch_size <= 0:
+            raise ValueError(f"--batch-size must be positive, got {self.batch_size}.")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"--optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
+
+
+@dataclass
+class TrainResult:
+    run_id: int
+    accuracy: float
+    epsilon: float
+    delta: float
+    steps: int
+    status: str
+    statement: str
+    seconds: float
+    store_path: Path
+    model: torch.nn.Module
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset, batch_size: int = 1000) -> float:
+    model.eval()
+    correct = 0
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        correct += (model(x).argmax(1) == y).sum().item()
+    model.train()
+    return correct / max(1, len(dataset))
+
+
+def _progress(total: int, quiet: bool):
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def train(
+    config: TrainConfig,
+    *,
+    store: RunStore,
+    quiet: bool = False,
+    resume: int | None = None,
+    train_set=None,
+) -> TrainResult:
+    """Train one model under ``config``, recording the run in ``store``; ``resume`` continues a stored run."""
+    started = time.time()
+    if resume is not None:
+        stored = store.get_run(resume)
+        config = TrainConfig(**{k: v for k, v in stored.config.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    torch.manual_seed(config.seed)
+    info = datasets.DATASETS.get(config.dataset)
+    if train_set is None:
+        train_set = datasets.load_dataset(config.dataset, "train", data_dir=config.data_dir, subset=config.subset, seed=config.seed)
+    test_set = datasets.load_dataset(config.dataset, "test", data_dir=config.data_dir, subset=config.test_subset, seed=config.seed)
+    config.validate()  # the engine warns when delta > 1/N
+    model = models.create(config.model, num_classes=len(info.classes), in_channels=info.channels, image_size=info.size)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True)
+    engine = PrivacyEngine(accountant=config.accountant, secure_mode=config.secure_mode)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    common = dict(module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=config.max_grad_norm,
+                  clipping=config.clipping, noise_generator=None if config.secure_mode else generator)
+    if config.sigma is None:
+        dp_model, dp_opt, dp_loader = engine.make_private_with_epsilon(
+            target_epsilon=config.epsilon, target_delta=config.delta, epochs=config.epochs, **common)
+    else:
+        budget = dict(target_epsilon=config.epsilon, target_delta=config.delta) if config.epsilon else {}
+        dp_model, dp_opt, dp_loader = engine.make_private(noise_multiplier=config.sigma, **common, **budget)
+
+    steps_per_epoch = len(dp_loader)
+    total_steps = steps_per_epoch * config.epochs
+    if resume is None:
+        run_id = store.create_run(
+            dataset=config.dataset, model=config.model, config=dataclasses.asdict(config), name=config.name,
+            noise_multiplier=dp_opt.noise_multiplier, max_grad_norm=dp_model.sensitivity, clipping=config.clipping,
+            sample_rate=engine.sample_rate, batch_size=config.batch_size, dataset_size=len(train_set),
+            accountant=config.accountant, target_epsilon=config.epsilon, delta=config.delta,
+        )
+        done_steps = 0
+    else:
+        run_id = resume
+        done_steps = _resume(engine, store, run_id)
+    checkpoint = store.path.resolve().parent / "runs" / f"run-{run_id}" / "checkpoint.pt"
+    if resume is None:
+        store.add_artifact(kind="checkpoint", path=checkpoint, run_id=run_id)
+    log_every = config.log_every or max(1, total_steps // 50)
+    bar = _progress(total_steps, quiet)
+    if bar is not None:
+        bar.update(done_steps)
+    status, message = "finished", None
+    step = done_steps
+    try:
+        while step < total_steps and status == "finished":
+            for x, y in dp_loader:
+                if step >= total_steps:
+                    break
+                if engine.steps_remaining is not None and engine.steps_remaining <= 0:
+                    status = "budget_exhausted"
+                    message = f"stopped before step {step + 1}: it would exceed epsilon = {config.epsilon}"
+                    break
+                store.update_run(run_id, steps=step + 1)  # counted before it is taken
+                dp_opt.zero_grad()
+                out = dp_model(x)
+                loss = F.cross_entropy(out, y)
+                loss.backward()
+                dp_opt.step()
+                step += 1
+                if step % log_every == 0 or step == total_steps:
+                    eps = engine.get_epsilon(config.delta)
+                    batch_acc = (out.argmax(1) == y).float().mean().item() if len(y) else None
+                    store.log_step(run_id, step, epsilon=eps, loss=loss.item(), accuracy=batch_acc)
+                    if bar is not None:
+                        bar.set_postfix(eps=f"{eps:.3f}", loss=f"{loss.item():.3f}")
+                if bar is not None:
+                    bar.update(1)
+                if step % steps_per_epoch == 0:
+                    test_acc = evaluate(model, test_set)
+                    store.log_step(run_id, step, epsilon=engine.get_epsilon(config.delta), loss=loss.item(), test_accuracy=test_acc)
+                    engine.save_checkpoint(checkpoint, extra={"step": step})
+    except BaseException as err:
+        store.update_run(run_id, status="interrupted", message=f"{type(err).__name__}: {err}", epsilon=engine.get_epsilon(config.delta))
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    engine.save_checkpoint(checkpoint, extra={"step": step})
+    accuracy = evaluate(model, test_set)
+    epsilon = engine.get_epsilon(config.delta)
+    statement = str(engine.privacy_statement(config.delta))
+    store.log_step(run_id, step, epsilon=epsilon, test_accuracy=accuracy)
+    store.update_run(run_id, status=status, message=message, epsilon=epsilon, steps=step, accuracy=accuracy,
+                     statement=statement, finished_at=time.time())
+    return TrainResult(run_id, accuracy, epsilon, config.delta, step, status, statement, time.time() - started,
+                       store.path, model)
+
+
+def _resume(engine: PrivacyEngine, store: RunStore, run_id: int) -> int:
+    """Load the run's checkpoint; steps the store saw begin after it are charged to the accountant too."""
+    paths = store.artifacts(run_id, kind="checkpoint")
+    if not paths or not Path(paths[-1]["path"]).is_file():
+        raise FileNotFoundError(f"run {run_id} has no checkpoint to resume from; start a new run instead.")
+    extra = engine.load_checkpoint(paths[-1]["path"])
+    checkpoint_steps = int(extra.get("step", engine.steps_taken))
+    started_steps = int(store.get_run(run_id)["steps"] or 0)
+    lost = max(0, started_steps - checkpoint_steps)
+    if lost:
+        # Steps that ran after the checkpoint released noisy updates we no longer have: count them.
+        engine.charge_steps(lost)
+    store.update_run(run_id, status="running", message=f"resumed at step {checkpoint_steps} ({lost} lost steps charged)")
+    return checkpoint_steps

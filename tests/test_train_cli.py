@@ -1,0 +1,119 @@
+"""End-to-end ``dpplat train`` on a small MNIST subset, budget stop, resume after a crash, bad inputs."""
+
+import pytest
+import torch
+from opacus.accountants import create_accountant
+
+from dpplat import data
+from dpplat.cli import main
+from dpplat.store import RunStore
+from dpplat.training import TrainConfig, train
+
+
+def test_train_writes_a_run_to_a_temporary_store(tmp_path, capsys):
+    store = tmp_path / "runs.db"
+    code = main(["train", "--dataset", "mnist", "--model", "cnn", "--epsilon", "3", "--delta", "1e-5",
+                 "--epochs", "1", "--batch-size", "128", "--max-grad-norm", "1.0", "--subset", "2048",
+                 "--test-subset", "500", "--store", str(store), "--seed", "1", "--accountant", "rdp"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "add/remove-one" in out and f"stored in {store.resolve()}" in out
+    run = RunStore(store).get_run(1)
+    assert run.status == "finished" and run["steps"] == 16
+    assert 0 < run.epsilon <= 3.0
+    assert run.accuracy > 0.3  # 16 noisy steps on 2k images: far above the 10% of chance
+    steps = RunStore(store).steps(1)
+    assert steps[-1]["epsilon"] == pytest.approx(run.epsilon)
+    assert all(a["epsilon"] <= b["epsilon"] for a, b in zip(steps, steps[1:]))
+    assert "(" + f"{run.epsilon:.3f}" in run["statement"]
+
+
+def test_sigma_with_budget_stops_before_exceeding(tmp_path, capsys):
+    store = tmp_path / "runs.db"
+    code = main(["train", "--dataset", "mnist", "--model", "mlp", "--sigma", "0.6", "--epsilon", "1.0",
+                 "--delta", "1e-5", "--epochs", "5", "--batch-size", "256", "--subset", "1024",
+                 "--test-subset", "200", "--store", str(store), "--accountant", "rdp"])
+    out = capsys.readouterr().out
+    assert code == 0 and "privacy budget epsilon = 1.0 was reached" in out
+    run = RunStore(store).get_run(1)
+    assert run.status == "budget_exhausted" and run.epsilon <= 1.0
+    over = create_accountant("rdp")
+    over.history = [(0.6, 0.25, run["steps"] + 1)]
+    assert over.get_epsilon(delta=1e-5) > 1.0
+
+
+class CrashingDataset(torch.utils.data.Dataset):
+    """Raises after a number of item reads, like a process killed mid-epoch."""
+
+    def __init__(self, inner, fail_after):
+        self.inner, self.reads, self.fail_after = inner, 0, fail_after
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        if self.reads > self.fail_after:
+            raise RuntimeError("simulated crash")
+        return self.inner[i]
+
+
+def test_resume_after_crash_counts_every_started_step(tmp_path):
+    store = RunStore(tmp_path / "runs.db")
+    config = TrainConfig(dataset="mnist", model="mlp", sigma=1.0, epsilon=None, epochs=2, batch_size=64,
+                         subset=512, test_subset=200, accountant="rdp", seed=0)
+    base = data.load_dataset("mnist", subset=512, seed=0)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, store=store, quiet=True, train_set=CrashingDataset(base, fail_after=11 * 64))
+    run = store.get_run(1)
+    assert run.status == "interrupted"
+    started = run["steps"]
+    assert started > 8  # the crash came after the checkpoint at the end of epoch 1 (8 steps)
+    result = train(config, store=store, quiet=True, resume=1)
+    assert result.status == "finished" and result.steps == 16
+    reference = create_accountant("rdp")
+    reference.history = [(1.0, 1 / 8, 16 + (started - 8))]  # lost steps stay charged
+    assert result.epsilon == pytest.approx(reference.get_epsilon(delta=1e-5))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--epsilon", "0"], "epsilon must be a positive"),
+        (["--epsilon", "-2"], "epsilon must be a positive"),
+        (["--epsilon", "1", "--delta", "0"], "delta must be in"),
+        (["--epsilon", "1", "--delta", "1.5"], "delta must be in"),
+        (["--epsilon", "1", "--model", "resnet-1000"], "unknown model"),
+    ],
+)
+def test_bad_inputs_exit_2_with_a_clear_message(tmp_path, capsys, args, message):
+    code = main(["train", "--subset", "256", "--store", str(tmp_path / "s.db"), "--quiet", *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_file_and_corrupt_store(tmp_path, capsys):
+    assert main(["train", "--data-dir", str(tmp_path), "--store", str(tmp_path / "s.db"), "--quiet"]) == 2
+    assert "mnist.npz is missing" in capsys.readouterr().err
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"definitely not sqlite" * 50)
+    assert main(["train", "--subset", "256", "--store", str(bad), "--quiet"]) == 2
+    assert "not a dpplat store" in capsys.readouterr().err
+    assert bad.read_bytes() == b"definitely not sqlite" * 50
+
+
+def test_delta_above_one_over_n_warns_in_cli(tmp_path, capsys):
+    code = main(["train", "--subset", "256", "--test-subset", "100", "--epsilon", "5", "--delta", "0.01",
+                 "--batch-size", "128", "--store", str(tmp_path / "s.db"), "--quiet", "--model", "mlp"])
+    assert code == 0
+    assert "exceeds 1/N" in capsys.readouterr().err
+
+
+def test_config_file_with_flag_overrides(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('dataset = "mnist"\nmodel = "mlp"\nepsilon = 4.0\nepochs = 1\nbatch_size = 128\n'
+                      'subset = 512\ntest_subset = 100\n[result]\naccuracy = 0.5\n')
+    config = TrainConfig.from_toml(recipe, epsilon=2.0)
+    assert (config.model, config.epsilon, config.batch_size) == ("mlp", 2.0, 128)
+    assert config.extra == {"result": {"accuracy": 0.5}}
+    assert main(["train", "--config", str(recipe), "--store", str(tmp_path / "s.db"), "--quiet"]) == 0
