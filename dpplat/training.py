@@ -42,12 +42,12 @@ class TrainConfig:
     delta: float = 1e-5
     sigma: float | None = None
     epochs: int = 1
-    batch_size: int = 256
-    max_grad_norm: float = 1.0
+    batch_size: int = 512
+    max_grad_norm: float = 0.1
     clipping: str = "per_layer"
     accountant: str = "prv"
     optimizer: str = "sgd"
-    lr: float = 2.0
+    lr: float = 4.0
     momentum: float = 0.9
     seed: int = 0
     subset: int | None = None

@@ -1,0 +1,210 @@
+"""Step time and extra peak memory of DP-SGD engines, as ratios to non-private PyTorch.
+
+Methods: non-private PyTorch (the baseline), dpplat per-layer, dpplat flat, Opacus
+hooks (flat and per-layer) and Opacus ghost clipping. Models: a 4-conv CNN
+(32-32-64-64 + Linear on 32x32x3, B=256), a Linear-heavy MLP (3072-1024-1024-1024-10,
+B=256) and a small transformer encoder block (Embedding + LayerNorm + Linear
+attention/MLP, sequence 128).
+
+Time: all methods live in one process and are stepped in interleaved rounds (so
+drift in machine load hits them alike); we report medians. Memory: each method runs
+a few steps in its own spawned child process; extra peak memory is the child's peak RSS
+minus its RSS after building the model and batch (the model's baseline).
+
+    python benchmarks/engine.py [--rounds 7] [--models cnn,mlp,transformer] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from dpplat import PrivacyEngine
+
+warnings.filterwarnings("ignore")
+
+
+class Block(nn.Module):
+    """Pre-norm encoder block from Linear, LayerNorm and Embedding only (no fused attention params)."""
+
+    def __init__(self, vocab=1000, d=128, heads=4, classes=10):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.head = nn.Linear(d, classes)
+        self.heads = heads
+
+    def forward(self, tokens):
+        h = self.embed(tokens)
+        B, T, D = h.shape
+        a = self.norm1(h)
+        split = lambda t: t.view(B, T, self.heads, D // self.heads).transpose(1, 2)  # noqa: E731
+        att = F.scaled_dot_product_attention(split(self.q(a)), split(self.k(a)), split(self.v(a)))
+        h = h + self.o(att.transpose(1, 2).reshape(B, T, D))
+        h = h + self.down(F.gelu(self.up(self.norm2(h))))
+        return self.head(h.mean(1))
+
+
+def build(name: str):
+    torch.manual_seed(0)
+    if name == "cnn":
+        model = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 8 * 8, 10),
+        )
+        return model, torch.randn(256, 3, 32, 32), torch.randint(0, 10, (256,))
+    if name == "mlp":
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3072, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                              nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+        return model, torch.randn(256, 3, 32, 32), torch.randint(0, 10, (256,))
+    if name == "transformer":
+        return Block(), torch.randint(0, 1000, (32, 128)), torch.randint(0, 10, (32,))
+    raise ValueError(name)
+
+
+METHODS = ["non-private", "dpplat per-layer", "dpplat flat", "opacus hooks flat", "opacus hooks per-layer", "opacus ghost"]
+
+
+def make_method(method: str, model_name: str, device: str):
+    """A closure that runs one training step of ``method`` on a fixed batch."""
+    model, x, y = build(model_name)
+    model, x, y = model.to(device), x.to(device), y.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=len(x))
+    criterion = nn.CrossEntropyLoss()
+    sigma, C = 1.0, 1.0
+    if method == "non-private":
+        pass
+    elif method.startswith("dpplat"):
+        clipping = "per_layer" if "per-layer" in method else "flat"
+        model, optimizer, _ = PrivacyEngine(accountant="rdp").make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma, max_grad_norm=C,
+            clipping=clipping, poisson_sampling=False)
+    else:
+        from opacus import PrivacyEngine as OpacusEngine
+
+        engine = OpacusEngine(accountant="rdp")
+        if method == "opacus ghost":
+            model, optimizer, criterion, _ = engine.make_private(
+                module=model, optimizer=optimizer, criterion=criterion, data_loader=loader, noise_multiplier=sigma,
+                max_grad_norm=C, poisson_sampling=False, grad_sample_mode="ghost")
+        else:
+            per_layer = "per-layer" in method
+            n_params = sum(1 for p in model.parameters() if p.requires_grad)
+            bound = [C / math.sqrt(n_params)] * n_params if per_layer else C
+            model, optimizer, _ = engine.make_private(
+                module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma, max_grad_norm=bound,
+                clipping="per_layer" if per_layer else "flat", poisson_sampling=False, grad_sample_mode="hooks")
+
+    def step():
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _memory_child(method, model_name, device, queue):
+    try:
+        step = make_method(method, model_name, device)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated() / 2**20
+        else:
+            base = rss_mb()
+            peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        for _ in range(3):
+            step()
+        if device == "cuda":
+            queue.put(torch.cuda.max_memory_allocated() / 2**20 - base)
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            queue.put(max(peak, peak_before) - base)
+    except Exception as err:  # a method that cannot run this model is reported, not fatal
+        queue.put(f"n/a ({type(err).__name__}: {str(err)[:60]})")
+
+
+def extra_memory(method, model_name, device) -> float | str:
+    ctx = mp.get_context("spawn")  # fork after torch started its thread pool can deadlock
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_memory_child, args=(method, model_name, device, queue))
+    proc.start()
+    proc.join()
+    return queue.get() if not queue.empty() else "n/a (child failed)"
+
+
+def time_methods(model_name, device, rounds, steps_per_round=2):
+    steps, times = {}, {m: [] for m in METHODS}
+    for m in METHODS:
+        try:
+            steps[m] = make_method(m, model_name, device)
+            steps[m]()  # warm-up
+        except Exception as err:
+            steps[m] = f"n/a ({type(err).__name__}: {str(err)[:60]})"
+    for _ in range(rounds):
+        for m in METHODS:
+            if callable(steps[m]):
+                t = time.perf_counter()
+                for _ in range(steps_per_round):
+                    steps[m]()
+                times[m].append((time.perf_counter() - t) / steps_per_round)
+    return {m: statistics.median(times[m]) if times[m] else steps[m] for m in METHODS}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--models", default="cnn,mlp,transformer")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    print(f"machine: {machine()}" + (f", GPU {torch.cuda.get_device_name()}" if args.device == "cuda" else ""))
+    print(f"device: {args.device}; medians over {args.rounds} interleaved rounds of 2 steps\n")
+    print("| model | method | step time (ms) | time / non-private | extra peak memory (MB) | memory / non-private |")
+    print("|---|---|---|---|---|---|")
+    for model_name in args.models.split(","):
+        times = time_methods(model_name, args.device, args.rounds)
+        mems = {m: extra_memory(m, model_name, args.device) for m in METHODS}
+        base_t, base_m = times["non-private"], mems["non-private"]
+        for m in METHODS:
+            t, mem = times[m], mems[m]
+            t_txt = f"{t * 1000:.1f} | {t / base_t:.2f}x" if isinstance(t, float) else f"{t} | -"
+            m_txt = f"{mem:.0f} | {mem / base_m:.2f}x" if isinstance(mem, float) and base_m > 0 else f"{mem} | -"
+            print(f"| {model_name} | {m} | {t_txt} | {m_txt} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""The examples run in the suite on tiny settings, so they never rot."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from dpplat.store import RunStore
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_with_budget(tmp_path, capsys):
+    accuracy, statement = load("train_with_budget").main(
+        ["--epsilon", "3", "--epochs", "1", "--subset", "2048", "--store", str(tmp_path / "s.db")]
+    )
+    assert statement.epsilon <= 3.0 and statement.steps == 8
+    assert accuracy > 0.2
+    assert "add/remove-one" in capsys.readouterr().out
+    run = RunStore(tmp_path / "s.db").get_run(1)
+    assert run.epsilon == pytest.approx(statement.epsilon)
