@@ -9,7 +9,7 @@ attention/MLP, sequence 128).
 Time: all methods live in one process and are stepped in interleaved rounds (so
 drift in machine load hits them alike); we report medians. Memory: each method runs
 a few steps in its own spawned child process; extra peak memory is the child's peak RSS
-minus its RSS after building the model and batch (the model's baseline).
+(VmHWM, reset after building the model and batch) minus its RSS at that point.
 
     python benchmarks/engine.py [--rounds 7] [--models cnn,mlp,transformer] [--device cpu|cuda]
 """
@@ -22,7 +22,6 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import time
 import warnings
@@ -123,9 +122,9 @@ def make_method(method: str, model_name: str, device: str):
     return step
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
 
 
 def _memory_child(method, model_name, device, queue):
@@ -135,15 +134,13 @@ def _memory_child(method, model_name, device, queue):
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated() / 2**20
         else:
-            base = rss_mb()
-            peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            base = _status_mb("VmRSS:")
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the peak-RSS high-water mark to the current RSS
         for _ in range(3):
             step()
-        if device == "cuda":
-            queue.put(torch.cuda.max_memory_allocated() / 2**20 - base)
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            queue.put(max(peak, peak_before) - base)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _status_mb("VmHWM:")
+        queue.put(peak - base)
     except Exception as err:  # a method that cannot run this model is reported, not fatal
         queue.put(f"n/a ({type(err).__name__}: {str(err)[:60]})")
 

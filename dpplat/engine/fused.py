@@ -22,13 +22,8 @@ import torch
 from torch import nn
 
 from dpplat.engine.rules import RuleContext, get_rule
-from dpplat.engine.rules.registry import LayerRule
+from dpplat.engine.rules.registry import LayerRule, clip_factors
 from dpplat.engine.validate import check_module
-
-
-def clip_factors(norm_sq: torch.Tensor, bound: float) -> torch.Tensor:
-    """``min(1, C / ||g_i||)``, written as ``C / max(||g_i||, C)`` so a zero gradient gives 1 exactly."""
-    return bound / norm_sq.sqrt().clamp_min(bound)
 
 
 @dataclass
@@ -161,14 +156,16 @@ class DPModule(nn.Module):
             raise RuntimeError(f"batch of {rows} rows is not a multiple of augmentation_multiplicity={views}.")
         if rows == 0:  # an empty Poisson batch: the clipped sum is zero, the noise still comes
             return [torch.zeros_like(p) for _, p in layer.params] if self.clipping == "per_layer" else [None] * len(layer.params)
+        # Per-sample gradients are ``scale`` times what the raw output gradient gives. Rules work on the raw
+        # gradient (no scaled copy of it); the scale goes into the bound and the result instead:
+        # min(1, C / (s n)) s g = s min(1, (C / s) / n) g.
         scale = rows / views if self.loss_reduction == "mean" else 1.0 / views
-        ctx = RuleContext(layer.module, x, grad_out * scale, views)
+        ctx = RuleContext(layer.module, x, grad_out, views)
         if self.clipping == "flat":
-            layer.pending.append((forward_id, ctx, layer.rule.norm_sq(ctx)))
+            layer.pending.append((forward_id, ctx, scale, layer.rule.norm_sq(ctx) * scale**2))
             return [None] * len(layer.params)
-        factors = clip_factors(layer.rule.norm_sq(ctx), layer.bound)
-        grads = layer.rule.clipped_grads(ctx, factors)
-        return [grads[name] for name, _ in layer.params]
+        grads = layer.rule.clipped_grads_per_layer(ctx, layer.bound / scale)
+        return [grads[name].mul_(scale) for name, _ in layer.params]
 
     def finish_flat_clipping(self) -> None:
         """Form the flat-clipped sums from what the backward kept; adds them to ``.grad``."""
@@ -176,12 +173,12 @@ class DPModule(nn.Module):
             return
         totals: dict[int, torch.Tensor] = {}
         for layer in self._layers:
-            for forward_id, _, norm_sq in layer.pending:
+            for forward_id, _, _, norm_sq in layer.pending:
                 totals[forward_id] = totals.get(forward_id, 0) + norm_sq
         factors = {fid: clip_factors(t, self.sensitivity) for fid, t in totals.items()}
         for layer in self._layers:
-            for forward_id, ctx, _ in layer.pending:
-                grads = layer.rule.clipped_grads(ctx, factors[forward_id])
+            for forward_id, ctx, scale, _ in layer.pending:
+                grads = layer.rule.clipped_grads(ctx, factors[forward_id] * scale)
                 for name, param in layer.params:
                     g = grads[name]
                     param.grad = g.clone() if param.grad is None else param.grad + g

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpplat.engine.rules import matmul
-from dpplat.engine.rules.registry import LayerRule, RuleContext, register_rule, trainable
+from dpplat.engine.rules import fused_sum, matmul
+from dpplat.engine.rules.registry import LayerRule, RuleContext, clip_factors, register_rule, trainable
 
 
 def _fold(ctx: RuleContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,3 +43,12 @@ class LinearRule(LayerRule):
         if trainable(ctx.module, "bias"):
             grads["bias"] = matmul.bias_clipped_sum(G, factors)
         return grads
+
+    def clipped_grads_per_layer(self, ctx: RuleContext, bound: float) -> dict[str, torch.Tensor]:
+        A, G = _fold(ctx)
+        if not (trainable(ctx.module, "weight") and matmul.instantiate(A, G)):
+            return self.clipped_grads(ctx, clip_factors(self.norm_sq(ctx), bound))
+        small = {"bias": G.sum(1)} if trainable(ctx.module, "bias") else {}
+        return fused_sum.clip_and_sum(
+            matmul.per_sample_weight_chunks(A, G), "weight", ctx.module.weight.shape, small, bound, A
+        )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 # Per-sample gradients are instantiated for at most this many floats at a time.
-CHUNK_FLOATS = 1 << 24
+CHUNK_FLOATS = 1 << 22
 
 
 def use_ghost_norm(T: int, p: int, q: int) -> bool:
@@ -40,11 +40,23 @@ def weight_norm_sq(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
             out[s : s + step] = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
         return out
     out = A.new_empty(N)
+    for rows, per_sample in per_sample_weight_chunks(A, G):
+        out[rows] = per_sample.square().sum((1, 2))
+    return out
+
+
+def instantiate(A: torch.Tensor, G: torch.Tensor) -> bool:
+    """Whether per-sample gradients are the cheaper route to the norms (T > 1 and no ghost)."""
+    T, p, q = A.shape[1], A.shape[2], G.shape[2]
+    return T > 1 and not use_ghost_norm(T, p, q)
+
+
+def per_sample_weight_chunks(A: torch.Tensor, G: torch.Tensor):
+    """Chunks of per-sample weight gradients ``G_i^T A_i``, shape (chunk, q, p)."""
+    N, p, q = A.shape[0], A.shape[2], G.shape[2]
     step = max(1, CHUNK_FLOATS // max(1, p * q))
     for s in range(0, N, step):
-        per_sample = torch.bmm(G[s : s + step].transpose(1, 2), A[s : s + step])
-        out[s : s + step] = per_sample.square().sum((1, 2))
-    return out
+        yield slice(s, min(N, s + step)), torch.bmm(G[s : s + step].transpose(1, 2), A[s : s + step])
 
 
 def weight_clipped_sum(A: torch.Tensor, G: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,8 @@ class RuleContext:
     """What one backward of one layer hands its rule.
 
     ``x`` is the layer's input and ``grad_output`` the gradient of the loss with
-    respect to the layer's output, already multiplied by ``scale`` so that rows are
-    per-row gradients of the per-sample losses. ``views`` consecutive rows belong to
+    respect to the layer's output, as autograd delivers it; the engine accounts for
+    the loss reduction's scale outside the rule. ``views`` consecutive rows belong to
     one sample (augmentation multiplicity): a rule folds them into one sample so the
     clipped quantity is the gradient of the sample's averaged loss. ``cache`` lets a
     rule keep what it computed for the norm and reuse it for the clipped sum.
@@ -55,8 +55,22 @@ class LayerRule:
         """``sum_i factors_i * g_i`` for each trainable parameter, keyed by parameter name."""
         raise NotImplementedError
 
+    def clipped_grads_per_layer(self, ctx: RuleContext, bound: float) -> dict[str, torch.Tensor]:
+        """Norms, clip factors ``min(1, bound / ||g_i||)`` and the clipped sum in one call.
+
+        Per-layer clipping needs only this layer's norms, so a rule that instantiates
+        per-sample gradients can clip and sum each chunk while it has it (FlashDP's
+        fusion) instead of paying for a second weight-gradient pass.
+        """
+        return self.clipped_grads(ctx, clip_factors(self.norm_sq(ctx), bound))
+
     def validate(self, module: nn.Module) -> None:
         """Raise ``ValueError`` if this module's configuration is outside what the rule supports."""
+
+
+def clip_factors(norm_sq: torch.Tensor, bound: float) -> torch.Tensor:
+    """``min(1, C / ||g_i||)``, written as ``C / max(||g_i||, C)`` so a zero gradient gives 1 exactly."""
+    return bound / norm_sq.sqrt().clamp_min(bound)
 
 
 def register_rule(*module_types: type[nn.Module]) -> Callable[[type[LayerRule]], type[LayerRule]]:

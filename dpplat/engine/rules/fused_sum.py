@@ -1,0 +1,49 @@
+"""Clip-and-sum over chunks of instantiated per-sample gradients (per-layer clipping, fused).
+
+A rule hands over the per-sample gradients of its large parameter (the weight) one
+chunk of samples at a time, and the per-sample gradients of its small parameters
+(a bias: N x out) whole. Each chunk's norms, clip factors and weighted sum are formed
+while the chunk exists, so the layer's clipped gradient costs one instantiation and
+no second weight-gradient pass, and at most one chunk is alive at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from dpplat.engine.rules.registry import clip_factors
+
+
+def norm_sq_from_chunks(
+    chunks: Iterable[tuple[slice, torch.Tensor]], small: dict[str, torch.Tensor], num_samples: int, like: torch.Tensor
+) -> torch.Tensor:
+    total = like.new_zeros(num_samples)
+    for rows, per_sample in chunks:
+        total[rows] += per_sample.flatten(1).square().sum(1)
+    for per_sample in small.values():
+        total += per_sample.flatten(1).square().sum(1)
+    return total
+
+
+def clip_and_sum(
+    chunks: Iterable[tuple[slice, torch.Tensor]],
+    big_name: str,
+    big_shape: torch.Size,
+    small: dict[str, torch.Tensor],
+    bound: float,
+    like: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """``sum_i min(1, bound / ||g_i||) g_i`` for the big parameter (from chunks) and the small ones."""
+    big = like.new_zeros(big_shape)
+    sums = {name: like.new_zeros(g.shape[1:]) for name, g in small.items()}
+    for rows, per_sample in chunks:
+        norm_sq = per_sample.flatten(1).square().sum(1)
+        for g in small.values():
+            norm_sq = norm_sq + g[rows].flatten(1).square().sum(1)
+        factors = clip_factors(norm_sq, bound)
+        big += torch.tensordot(factors, per_sample, dims=1).view(big_shape)
+        for name, g in small.items():
+            sums[name] += torch.tensordot(factors, g[rows], dims=1)
+    return {big_name: big, **sums}
