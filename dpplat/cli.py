@@ -84,10 +84,101 @@ def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
         print(f"dpplat: warning: {text}", file=sys.stderr)
 
 
+def _add_audit_parser(sub) -> None:
+    p = sub.add_parser("audit", help="measure privacy: empirical epsilon from membership inference")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    e = verbs.add_parser("estimate", help="epsilon interval from an attack's error counts")
+    e.add_argument("--fp", type=int, required=True, help="false positives (non-members called members)")
+    e.add_argument("--fn", type=int, required=True, help="false negatives (members called non-members)")
+    e.add_argument("--negatives", type=int, required=True)
+    e.add_argument("--positives", type=int, required=True)
+    e.add_argument("--delta", type=float, required=True)
+    e.add_argument("--confidence", type=float, default=0.95)
+    e.add_argument("--method", choices=["bayes", "clopper-pearson", "both"], default="both")
+    e.add_argument("--prior", choices=["jeffreys", "uniform"], default="jeffreys")
+    m = verbs.add_parser("mia", help="train models with canaries, attack them, estimate and store epsilon")
+    m.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10"], default=None)
+    m.add_argument("--model", default=None)
+    m.add_argument("--epsilon", default=None, help="claimed epsilon to train at; 'inf' for a non-private reference")
+    m.add_argument("--delta", type=float, default=None)
+    m.add_argument("--models", type=int, default=None)
+    m.add_argument("--challenges", type=int, default=None)
+    m.add_argument("--base-size", type=int, default=None, help="training examples besides the canaries")
+    m.add_argument("--epochs", type=int, default=None)
+    m.add_argument("--attack", choices=["loss", "confidence", "lira-offline", "lira-online"], default=None)
+    m.add_argument("--canary", choices=["mislabeled", "natural"], default=None)
+    m.add_argument("--backend", choices=["local", "ray"], default=None)
+    m.add_argument("--workers", type=int, default=None)
+    m.add_argument("--seed", type=int, default=None)
+    m.add_argument("--run", type=int, metavar="RUN_ID", help="audit with a stored run's training configuration")
+    m.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
+    m.add_argument("--data-dir")
+    r = verbs.add_parser("run", help="run an audit plan (audits/NAME.toml)")
+    r.add_argument("plan")
+    r.add_argument("--store")
+    r.add_argument("--backend", choices=["local", "ray"], default=None)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import dataclasses
+    import math
+
+    if args.verb == "estimate":
+        from dpplat.audits import estimate_epsilon
+
+        methods = ["bayes", "clopper-pearson"] if args.method == "both" else [args.method]
+        print(f"FP {args.fp}/{args.negatives}, FN {args.fn}/{args.positives}, delta {args.delta:g}, "
+              f"confidence {args.confidence:g}")
+        print(f"{'method':<18}{'low':>10}{'high':>10}{'width':>10}{'one-sided lower bound':>24}")
+        for method in methods:
+            r = estimate_epsilon(args.fp, args.fn, args.negatives, args.positives, args.delta,
+                                 args.confidence, method=method, prior=args.prior)
+            label = f"bayes ({args.prior})" if method == "bayes" else method
+            print(f"{label:<18}{r.low:>10.4f}{r.high:>10.4f}{r.width:>10.4f}{r.lower_bound:>24.4f}")
+        return 0
+
+    from dpplat.audits.mia import MIAConfig, format_report
+    from dpplat.audits.plans import _parse_epsilon, load_plan, run_and_store
+    from dpplat.store import RunStore
+    from dpplat.training import TrainConfig
+
+    store = RunStore(args.store or default_store_path())
+    run_id = None
+    if args.verb == "run":
+        config = load_plan(args.plan)
+        if args.backend:
+            config.backend = args.backend
+    else:
+        config = MIAConfig()
+        if args.run is not None:
+            run = store.get_run(args.run)
+            fields = {f.name for f in dataclasses.fields(TrainConfig)}
+            config.train = TrainConfig(**{k: v for k, v in run.config.items() if k in fields})
+            config.dataset = run.dataset
+            config.epsilon = run["target_epsilon"] if run["target_epsilon"] else math.inf
+            config.delta = run.delta or config.delta
+            run_id = args.run
+        for name in ("dataset", "delta", "models", "challenges", "base_size", "attack", "canary", "backend",
+                     "workers", "seed", "data_dir"):
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
+        if args.epsilon is not None:
+            config.epsilon = _parse_epsilon(args.epsilon)
+        if args.model is not None:
+            config.train.model = args.model
+        if args.epochs is not None:
+            config.train.epochs = args.epochs
+    audit_id, results = run_and_store(config, store, run_id=run_id, progress=lambda m: print(m, file=sys.stderr))
+    print(format_report(results))
+    print(f"Audit {audit_id} stored in {store.path.resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpplat", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
+    _add_audit_parser(sub)
     return parser
 
 
@@ -95,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     from dpplat.data import DatasetError
 
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train}
+    handlers = {"train": _train, "audit": _audit}
     try:
         return handlers[args.command](args)
     except (ValueError, StoreError, DatasetError, FileNotFoundError, KeyError) as err:

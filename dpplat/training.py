@@ -120,6 +120,64 @@ def _progress(total: int, quiet: bool):
     return tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
 
 
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    info = datasets.DATASETS[config.dataset]
+    return models.create(config.model, num_classes=len(info.classes), in_channels=info.channels, image_size=info.size)
+
+
+def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    return torch.optim.Adam(model.parameters(), lr=config.lr)
+
+
+def make_private_model(config: TrainConfig, train_set) -> tuple[torch.nn.Module, PrivacyEngine, tuple]:
+    """The zoo model, its optimizer and a Poisson loader over ``train_set``, made private as ``config`` says."""
+    config.validate()  # the engine warns when delta > 1/N
+    model = build_model(config)
+    optimizer = build_optimizer(config, model)
+    loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True)
+    engine = PrivacyEngine(accountant=config.accountant, secure_mode=config.secure_mode)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    common = dict(module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=config.max_grad_norm,
+                  clipping=config.clipping, noise_generator=None if config.secure_mode else generator)
+    if config.sigma is None:
+        triple = engine.make_private_with_epsilon(
+            target_epsilon=config.epsilon, target_delta=config.delta, epochs=config.epochs, **common)
+    else:
+        budget = dict(target_epsilon=config.epsilon, target_delta=config.delta) if config.epsilon else {}
+        triple = engine.make_private(noise_multiplier=config.sigma, **common, **budget)
+    return model, engine, triple
+
+
+def fit(config: TrainConfig, train_set, *, private: bool = True) -> torch.nn.Module:
+    """Train a model on ``train_set`` with no store, checkpoints or progress bar (audits train many).
+
+    ``private=False`` trains the same model and optimizer without clipping or noise: the
+    epsilon = infinity reference that an audit compares against.
+    """
+    torch.manual_seed(config.seed)
+    if private:
+        model, engine, (dp_model, dp_opt, loader) = make_private_model(config, train_set)
+        steps = len(loader) * config.epochs
+    else:
+        model = dp_model = build_model(config)
+        dp_opt = build_optimizer(config, model)
+        loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True,
+                            generator=torch.Generator().manual_seed(config.seed))
+        steps = len(loader) * config.epochs
+    step = 0
+    while step < steps:
+        for x, y in loader:
+            if step >= steps or (private and engine.steps_remaining is not None and engine.steps_remaining <= 0):
+                return model
+            dp_opt.zero_grad()
+            F.cross_entropy(dp_model(x), y).backward()
+            dp_opt.step()
+            step += 1
+    return model
+
+
 def train(
     config: TrainConfig,
     *,
@@ -134,27 +192,10 @@ def train(
         stored = store.get_run(resume)
         config = TrainConfig(**{k: v for k, v in stored.config.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
     torch.manual_seed(config.seed)
-    info = datasets.DATASETS.get(config.dataset)
     if train_set is None:
         train_set = datasets.load_dataset(config.dataset, "train", data_dir=config.data_dir, subset=config.subset, seed=config.seed)
     test_set = datasets.load_dataset(config.dataset, "test", data_dir=config.data_dir, subset=config.test_subset, seed=config.seed)
-    config.validate()  # the engine warns when delta > 1/N
-    model = models.create(config.model, num_classes=len(info.classes), in_channels=info.channels, image_size=info.size)
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True)
-    engine = PrivacyEngine(accountant=config.accountant, secure_mode=config.secure_mode)
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    common = dict(module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=config.max_grad_norm,
-                  clipping=config.clipping, noise_generator=None if config.secure_mode else generator)
-    if config.sigma is None:
-        dp_model, dp_opt, dp_loader = engine.make_private_with_epsilon(
-            target_epsilon=config.epsilon, target_delta=config.delta, epochs=config.epochs, **common)
-    else:
-        budget = dict(target_epsilon=config.epsilon, target_delta=config.delta) if config.epsilon else {}
-        dp_model, dp_opt, dp_loader = engine.make_private(noise_multiplier=config.sigma, **common, **budget)
+    model, engine, (dp_model, dp_opt, dp_loader) = make_private_model(config, train_set)
 
     steps_per_epoch = len(dp_loader)
     total_steps = steps_per_epoch * config.epochs

@@ -42,3 +42,29 @@ def gaussian_noise(
     n = like.numel()
     z = (_secure_standard_normal(n) + _secure_standard_normal(n)) * (std / math.sqrt(2.0))
     return torch.from_numpy(z).to(dtype=like.dtype, device=like.device).view_as(like)
+
+
+_CHUNK = 1 << 20
+
+
+def add_gaussian_noise_(
+    tensor: torch.Tensor, std: float, *, secure: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Add N(0, std^2) noise to ``tensor`` in place.
+
+    Torch's generator fills a reused buffer of at most 2^20 values at a time, so the
+    noise for a large parameter never needs a second parameter-sized tensor (and its
+    page faults) in memory.
+    """
+    if std == 0:
+        return tensor
+    if secure or not tensor.is_contiguous():
+        return tensor.add_(gaussian_noise(tensor, std, secure=secure, generator=generator))
+    flat = tensor.view(-1)
+    buffer = torch.empty(min(_CHUNK, flat.numel()), dtype=tensor.dtype, device=tensor.device)
+    for start in range(0, flat.numel(), _CHUNK):
+        part = flat[start : start + _CHUNK]
+        noise = buffer[: part.numel()]
+        noise.normal_(0.0, std, generator=generator)
+        part.add_(noise)
+    return tensor

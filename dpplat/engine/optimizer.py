@@ -13,7 +13,7 @@ import torch
 from torch.optim import Optimizer
 
 from dpplat.engine.fused import DPModule
-from dpplat.engine.noise import gaussian_noise
+from dpplat.engine.noise import add_gaussian_noise_
 
 
 class PrivacyBudgetExceeded(RuntimeError):
@@ -88,9 +88,10 @@ class DPOptimizer:
         self.module.finish_flat_clipping()
         std = self.noise_std
         for p in self.module.trainable_parameters():
-            summed = p.grad if p.grad is not None else torch.zeros_like(p)
-            noisy = summed + gaussian_noise(summed, std, secure=self.secure_mode, generator=self.generator)
-            p.grad = noisy / self.expected_batch_size
+            if p.grad is None:  # an empty batch, or a layer the batch never reached: its clipped sum is 0
+                p.grad = torch.zeros_like(p)
+            add_gaussian_noise_(p.grad, std, secure=self.secure_mode, generator=self.generator)
+            p.grad.div_(self.expected_batch_size)
 
     def step(self, closure: Callable | None = None):
         if self.steps_left is not None and self.steps_left <= 0:

@@ -1,0 +1,64 @@
+"""Where an audit's independent training jobs run: a local process pool (default) or Ray.
+
+Each job is a top-level function applied to a small dict, so it pickles to any
+worker. Jobs are keyed by their inputs and write their own result files, so the
+caller can skip finished ones and a killed audit resumes without retraining.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable
+
+BACKENDS = ("local", "ray")
+
+
+class LocalBackend:
+    """A process pool on this machine (``workers=1`` runs the jobs inline, in this process)."""
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+
+    def map(self, fn: Callable[[dict], Any], jobs: list[dict]) -> list[Any]:
+        if not jobs:
+            return []
+        workers = min(self.workers, len(jobs))
+        if workers == 1:
+            return [fn(job) for job in jobs]
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        jobs = [{**job, "threads": threads} for job in jobs]
+        # spawn, not fork: a forked child of a process whose torch thread pool is running can deadlock.
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            return list(pool.map(fn, jobs))
+
+
+class RayBackend:
+    """Ray tasks; starts a local Ray instance unless ``address`` names a cluster."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, cpus_per_job: float = 1.0) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ValueError("the ray backend needs Ray: pip install 'dpplat[ray]' (or use --backend local).") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+        self.cpus_per_job = cpus_per_job
+
+    def map(self, fn: Callable[[dict], Any], jobs: list[dict]) -> list[Any]:
+        remote = self.ray.remote(num_cpus=self.cpus_per_job)(fn)
+        return self.ray.get([remote.remote({**job, "threads": 1}) for job in jobs])
+
+
+def make_backend(name: str, **kwargs) -> LocalBackend | RayBackend:
+    if name == "local":
+        return LocalBackend(kwargs.get("workers"))
+    if name == "ray":
+        return RayBackend(kwargs.get("address"))
+    raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}.")

@@ -1,0 +1,102 @@
+"""The canary game end to end on an MNIST subset, the audit CLI, plans and bad inputs."""
+
+import math
+
+import numpy as np
+import pytest
+
+from dpplat.audits.mia import MIAConfig, run_mia
+from dpplat.audits.plans import load_plan
+from dpplat.audits.roc import roc_curve
+from dpplat.cli import main
+from dpplat.store import RunStore
+from dpplat.training import TrainConfig
+
+
+def tiny(epsilon, **kw):
+    train = TrainConfig(model="mlp", epochs=12, batch_size=64, lr=0.1 if math.isinf(epsilon) else 0.5,
+                        momentum=0.9, max_grad_norm=1.0, accountant="rdp")
+    return MIAConfig(dataset="mnist", epsilon=epsilon, models=6, challenges=64, base_size=400, train=train,
+                     workers=2, **kw)
+
+
+def test_non_private_model_leaks_and_dp_model_does_not(tmp_path):
+    leaky = run_mia(tiny(math.inf), tmp_path / "inf")
+    assert leaky["bayes"]["lower_bound"] > 0.5
+    assert leaky["roc"]["loss"]["auc"] > 0.8
+    assert leaky["claimed_epsilon"] is None and not leaky["exceeds_claim"]
+    private = run_mia(tiny(1.0), tmp_path / "eps1")
+    assert private["bayes"]["lower_bound"] <= 1.0
+    assert private["clopper_pearson"]["lower_bound"] <= 1.0
+    assert private["one_run"]["lower_bound"] <= 1.0
+    assert not private["exceeds_claim"]
+    c = private["counts"]
+    assert c["negatives"] + c["positives"] == 6 * 32  # only the non-calibration half is counted
+    assert set(private["roc"]) == {"loss", "confidence", "lira-offline", "lira-online"}
+
+
+def test_killed_audit_resumes_without_retraining(tmp_path):
+    config = tiny(math.inf)
+    first = run_mia(config, tmp_path)
+    files = sorted(tmp_path.glob("model-*.npz"))
+    assert len(files) == 6
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    files[2].unlink()  # as if the audit died before model 2 finished
+    again = run_mia(config, tmp_path)
+    assert [f.stat().st_mtime_ns for i, f in enumerate(sorted(tmp_path.glob("model-*.npz"))) if i != 2] == \
+        [m for i, m in enumerate(mtimes) if i != 2]
+    assert again["counts"] == first["counts"]  # same seeds and masks: the retrained model is the same
+
+
+def test_roc_curve_basics():
+    roc = roc_curve(np.array([0.9, 0.8, 0.7, 0.1]), np.array([True, True, False, False]))
+    assert roc.auc == pytest.approx(1.0) and roc.tpr_at(0.0) == 1.0
+    with pytest.raises(ValueError, match="both members and non-members"):
+        roc_curve(np.array([1.0, 2.0]), np.array([True, True]))
+
+
+def test_audit_estimate_cli_prints_both_intervals(capsys):
+    assert main(["audit", "estimate", "--fp", "10", "--fn", "10", "--negatives", "100", "--positives", "100",
+                 "--delta", "1e-5"]) == 0
+    out = capsys.readouterr().out
+    assert "bayes (jeffreys)" in out and "clopper-pearson" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--fp", "101", "--fn", "0", "--negatives", "100", "--positives", "100", "--delta", "1e-5"], "cannot exceed"),
+    (["--fp", "-1", "--fn", "0", "--negatives", "100", "--positives", "100", "--delta", "1e-5"], "non-negative"),
+    (["--fp", "1", "--fn", "0", "--negatives", "100", "--positives", "100", "--delta", "1"], "delta must be"),
+    (["--fp", "1", "--fn", "0", "--negatives", "100", "--positives", "100", "--delta", "1e-5", "--confidence", "1.5"],
+     "confidence must be"),
+])
+def test_audit_estimate_bad_inputs(args, message, capsys):
+    assert main(["audit", "estimate", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_audit_mia_cli_stores_the_audit(tmp_path, capsys):
+    store = tmp_path / "s.db"
+    code = main(["audit", "mia", "--dataset", "mnist", "--model", "mlp", "--epsilon", "8", "--models", "4",
+                 "--challenges", "32", "--base-size", "300", "--epochs", "3", "--store", str(store), "--workers", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Claimed epsilon: 8" in out and "Bayesian (jeffreys prior)" in out and "independent" in out
+    audit = RunStore(store).audits(kind="mia")[0]
+    assert audit["status"] == "finished" and audit["params"]["epsilon"] == 8.0
+    assert audit["results"]["counts"]["negatives"] + audit["results"]["counts"]["positives"] == 4 * 16
+    assert RunStore(store).artifacts(kind="mia-scores")
+
+
+def test_shipped_plans_parse():
+    for name, eps in [("mnist-eps1", 1.0), ("mnist-eps8", 8.0), ("mnist-epsinf", math.inf)]:
+        plan = load_plan(f"audits/{name}.toml")
+        assert plan.epsilon == eps and plan.models == 16 and plan.train.model == "mlp"
+
+
+def test_bad_plan_and_config(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('kind = "mia"\nmodles = 3\n')
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_plan(bad)
+    with pytest.raises(ValueError, match="unknown attack"):
+        MIAConfig(attack="magic").validate()
