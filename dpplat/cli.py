@@ -68,6 +68,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"Test accuracy: {result.accuracy:.2%}   epsilon spent: {result.epsilon:.3f} (delta = {result.delta:g})   "
           f"steps: {result.steps}   time: {result.seconds:.0f}s")
     print(f"Run {result.run_id} stored in {result.store_path.resolve()}")
+    print(f"Review it: dpplat dashboard --store {result.store_path.resolve()}")
     return 0
 
 
@@ -174,11 +175,80 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="train MNIST under a budget, audit it, and say how to open the dashboard")
+    p.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--subset", type=int, default=None, help="train on fewer examples (a quicker demo)")
+    p.add_argument("--audit-models", type=int, default=8)
+    p.add_argument("--serve", action="store_true", help="open the dashboard at the end")
+    p.add_argument("--port", type=int, default=8501)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """The README's demo: train at epsilon = 2, audit the result, print the way to the dashboard."""
+    from dpplat.audits.mia import MIAConfig, format_report
+    from dpplat.audits.plans import run_and_store
+    from dpplat.store import RunStore
+    from dpplat.training import TrainConfig, train
+
+    store = RunStore(args.store or default_store_path())
+    config = TrainConfig(dataset="mnist", model="cnn", epsilon=2.0, delta=1e-5, epochs=args.epochs, batch_size=512,
+                         max_grad_norm=0.1, lr=4.0, subset=args.subset, name="demo")
+    print("== 1/3 Training a CNN on MNIST under (epsilon = 2, delta = 1e-5)", flush=True)
+    result = train(config, store=store)
+    print(result.statement)
+    print(f"Test accuracy: {result.accuracy:.2%}   epsilon spent: {result.epsilon:.3f}   steps: {result.steps}   "
+          f"time: {result.seconds:.0f}s")
+    print(f"Run {result.run_id} stored in {store.path.resolve()}\n")
+    print(f"== 2/3 Auditing it: {args.audit_models} models with the run's hyper-parameters, mislabelled canaries",
+          flush=True)
+    audit = MIAConfig(dataset="mnist", epsilon=2.0, delta=1e-5, models=args.audit_models, challenges=128,
+                      base_size=1000, train=TrainConfig(**{**config.__dict__, "subset": None, "name": None}))
+    _, results = run_and_store(audit, store, run_id=result.run_id, progress=lambda m: print(m, flush=True))
+    print(format_report(results))
+    command = f"{Path(sys.executable).parent / 'dpplat'} dashboard --store {store.path.resolve()}"
+    print(f"\n== 3/3 Review both in the dashboard:\n   {command}\n   then open http://127.0.0.1:{args.port}")
+    if args.serve:
+        return _dashboard(argparse.Namespace(store=str(store.path), port=args.port, address="127.0.0.1"))
+    return 0
+
+
+def _add_dashboard_parser(sub) -> None:
+    p = sub.add_parser("dashboard", help="review runs and audits in the Streamlit dashboard")
+    p.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="127.0.0.1", help="interface to listen on (default: this machine only)")
+
+
+def dashboard_command(store: str | Path, port: int = 8501, address: str = "127.0.0.1") -> list[str]:
+    """The command that serves the dashboard on ``store``; also what the demo prints."""
+    import dpplat.dashboard
+
+    app = Path(dpplat.dashboard.__file__).parent / "app.py"
+    return [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
+            "--server.port", str(port), "--server.address", address, "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "viewer", "--", "--store", str(Path(store).resolve())]
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from dpplat.store import RunStore
+
+    store = Path(args.store or default_store_path())
+    RunStore(store, read_only=True).close()  # a clear error now beats a broken page later
+    print(f"dpplat dashboard on http://{args.address}:{args.port} for {store.resolve()} (Ctrl+C stops it)")
+    return subprocess.call(dashboard_command(store, args.port, args.address))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpplat", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
     _add_audit_parser(sub)
+    _add_dashboard_parser(sub)
+    _add_demo_parser(sub)
     return parser
 
 
@@ -186,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     from dpplat.data import DatasetError
 
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train, "audit": _audit}
+    handlers = {"train": _train, "audit": _audit, "dashboard": _dashboard, "demo": _demo}
     try:
         return handlers[args.command](args)
     except (ValueError, StoreError, DatasetError, FileNotFoundError, KeyError) as err:

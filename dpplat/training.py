@@ -201,7 +201,8 @@ def train(
     total_steps = steps_per_epoch * config.epochs
     if resume is None:
         run_id = store.create_run(
-            dataset=config.dataset, model=config.model, config=dataclasses.asdict(config), name=config.name,
+            dataset=config.dataset, model=config.model, name=config.name,
+            config={**dataclasses.asdict(config), "family": models.info(config.model).family},
             noise_multiplier=dp_opt.noise_multiplier, max_grad_norm=dp_model.sensitivity, clipping=config.clipping,
             sample_rate=engine.sample_rate, batch_size=config.batch_size, dataset_size=len(train_set),
             accountant=config.accountant, target_epsilon=config.epsilon, delta=config.delta,

@@ -117,3 +117,13 @@ def test_config_file_with_flag_overrides(tmp_path):
     assert (config.model, config.epsilon, config.batch_size) == ("mlp", 2.0, 128)
     assert config.extra == {"result": {"accuracy": 0.5}}
     assert main(["train", "--config", str(recipe), "--store", str(tmp_path / "s.db"), "--quiet"]) == 0
+
+
+def test_demo_trains_audits_and_prints_the_dashboard_command(tmp_path, capsys):
+    store = tmp_path / "demo.db"
+    assert main(["demo", "--store", str(store), "--epochs", "1", "--subset", "2048", "--audit-models", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "Test accuracy" in out and "Claimed epsilon: 2" in out and "Bayesian" in out
+    assert f"dashboard --store {store.resolve()}" in out
+    s = RunStore(store)
+    assert s.get_run(1).status == "finished" and s.audits(run_id=1)[0]["status"] == "finished"
