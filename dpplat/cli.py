@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     from dpplat.data import DatasetError
 
     args = build_parser().parse_args(argv)
+    # Opacus's RDP conversion hint (also raised inside the PRV accountant) says nothing a user can act on.
+    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
     handlers = {"train": _train, "audit": _audit, "dashboard": _dashboard, "demo": _demo}
     try:
         return handlers[args.command](args)

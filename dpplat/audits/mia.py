@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def train_and_score(job: dict) -> str:
     from dpplat.training import fit
 
     torch.set_num_threads(job.get("threads", torch.get_num_threads()))
+    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")  # Opacus's RDP hint
     full = load_dataset(job["dataset"], "train", data_dir=job["data_dir"])
     x, y = full.tensors
     canary_x = x[job["challenge_idx"]]

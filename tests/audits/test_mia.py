@@ -1,5 +1,6 @@
 """The canary game end to end on an MNIST subset, the audit CLI, plans and bad inputs."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -100,3 +101,17 @@ def test_bad_plan_and_config(tmp_path):
         load_plan(bad)
     with pytest.raises(ValueError, match="unknown attack"):
         MIAConfig(attack="magic").validate()
+
+
+def test_ray_backend_runs_the_same_jobs_as_the_process_pool(tmp_path):
+    """Ray started locally (no cluster address): same models, same counts as the local backend."""
+    pytest.importorskip("ray", reason="Ray is installed with the test extras (pip install -e '.[test]')")
+    import ray
+
+    local = run_mia(tiny(math.inf), tmp_path / "local")
+    try:
+        remote = run_mia(dataclasses.replace(tiny(math.inf), backend="ray"), tmp_path / "ray")
+    finally:
+        ray.shutdown()
+    assert remote["counts"] == local["counts"]
+    assert len(list((tmp_path / "ray").glob("model-*.npz"))) == 6

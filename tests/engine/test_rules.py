@@ -28,8 +28,8 @@ def seq(*layers):
 LINEAR_CASES = {
     "2d": (lambda: seq(nn.Linear(7, 3)), (6, 7)),
     "2d_nobias": (lambda: seq(nn.Linear(7, 5, bias=False)), (4, 7)),
-    "seq_ghost": (lambda: seq(nn.Linear(9, 8)), (5, 2, 9)),          # 2T^2 = 8 < 72: ghost norm
-    "seq_instantiate": (lambda: seq(nn.Linear(3, 2)), (5, 6, 3)),     # 2T^2 = 72 > 6: instantiation
+    "seq_ghost": (lambda: seq(nn.Linear(9, 8)), (5, 2, 9)),          # T(p+q) = 34 < 72: ghost norm (flat)
+    "seq_instantiate": (lambda: seq(nn.Linear(3, 2)), (5, 6, 3)),     # T(p+q) = 30 > 6: instantiation
     "seq_4d": (lambda: seq(nn.Linear(4, 3)), (3, 2, 5, 4)),
     "two_layers": (lambda: seq(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)), (7, 6)),
 }

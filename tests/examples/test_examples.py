@@ -26,3 +26,10 @@ def test_train_with_budget(tmp_path, capsys):
     assert "add/remove-one" in capsys.readouterr().out
     run = RunStore(tmp_path / "s.db").get_run(1)
     assert run.epsilon == pytest.approx(statement.epsilon)
+
+
+def test_audit_a_model(tmp_path, capsys):
+    results = load("audit_a_model").main(["--epsilon", "inf", "--models", "4", "--challenges", "32",
+                                          "--base-size", "300", "--epochs", "8", "--workdir", str(tmp_path)])
+    assert results["bayes"]["lower_bound"] > 0
+    assert "claimed epsilon inf vs empirical lower bound" in capsys.readouterr().out

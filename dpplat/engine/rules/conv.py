@@ -5,10 +5,11 @@ chunk of samples: stacking the chunk's samples along the channel axis and using
 ``groups = samples x groups`` makes the ordinary weight gradient come out per sample,
 with the same fast kernels as the non-private backward (far faster on CPU than
 ``unfold`` + batched matmul). When the output has few positions the ghost norm on
-unfolded patches is cheaper, and we use it instead (fastDP's mixed rule). For
-per-layer clipping each chunk is clipped and summed while it exists; for flat
-clipping the clipped sum is the ordinary weight gradient with each sample's output
-gradient scaled by its factor.
+unfolded patches is cheaper for the norms alone, and flat clipping uses it (fastDP's
+mixed rule). Per-layer clipping always instantiates, clipping and summing each chunk
+while it exists (see :mod:`dpplat.engine.rules.matmul` for why); for flat clipping
+the clipped sum is the ordinary weight gradient with each sample's output gradient
+scaled by its factor.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class ConvRule(LayerRule):
 
     def clipped_grads_per_layer(self, ctx: RuleContext, bound: float) -> dict[str, torch.Tensor]:
         module = ctx.module
-        if not trainable(module, "weight") or _use_ghost(module, ctx):
+        if not trainable(module, "weight"):
             return self.clipped_grads(ctx, clip_factors(self.norm_sq(ctx), bound))
         return fused_sum.clip_and_sum(
             _per_sample_weight_grads(module, ctx), "weight", module.weight.shape,

@@ -46,7 +46,7 @@ class LinearRule(LayerRule):
 
     def clipped_grads_per_layer(self, ctx: RuleContext, bound: float) -> dict[str, torch.Tensor]:
         A, G = _fold(ctx)
-        if not (trainable(ctx.module, "weight") and matmul.instantiate(A, G)):
+        if not trainable(ctx.module, "weight") or A.shape[1] == 1:  # 2-D input: ghost norm is free
             return self.clipped_grads(ctx, clip_factors(self.norm_sq(ctx), bound))
         small = {"bias": G.sum(1)} if trainable(ctx.module, "bias") else {}
         return fused_sum.clip_and_sum(

@@ -8,8 +8,12 @@ sample i, the weight gradient ``g_i = G_i^T A_i`` with ``A_i`` of shape (T, p) a
 * ghost norm: ``sum_{t,s} (A_i A_i^T)_{ts} (G_i G_i^T)_{ts}``, cost ~ T^2 (p + q);
 * instantiation: form ``g_i`` (q x p) in chunks of samples, cost ~ T p q.
 
-We take the ghost norm when ``2 T^2 < p q`` and instantiate otherwise. Neither keeps
-per-sample gradients beyond one chunk.
+For the norms alone (flat clipping, which then needs a clipped-sum pass anyway) we
+take the ghost norm when ``T (p + q) < p q`` (fastDP's mixed rule, with exact costs).
+Per-layer clipping instantiates whenever T > 1: clipping and summing each chunk
+while it exists costs T p q in all, while the ghost route costs T^2 (p + q) for the
+norms *plus* T p q for the clipped sum. Neither keeps per-sample gradients beyond
+one chunk.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ CHUNK_FLOATS = 1 << 22
 
 
 def use_ghost_norm(T: int, p: int, q: int) -> bool:
-    return 2 * T * T < p * q
+    return T * (p + q) < p * q
 
 
 def weight_norm_sq(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
