@@ -143,3 +143,12 @@ def test_defense_audit_page_charts_standard_vs_oars(monkeypatch, tmp_path):
     assert list(table["success_rate"]) == [0.04, 0.95]
     specs = chart_specs(at)
     assert {e.get("y", {}).get("field") for s in specs for e in encodings(s)} == {"success_rate"}
+
+
+def test_checkout_entry_script_serves_the_same_app(monkeypatch, seeded_store):
+    """`streamlit run dashboards/app.py` from a checkout renders the same pages."""
+    monkeypatch.setenv("DPPLAT_STORE", str(seeded_store["path"]))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "Runs" and len(at.dataframe) == 1
