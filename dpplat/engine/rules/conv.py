@@ -25,7 +25,7 @@ from dpplat.engine.rules import fused_sum, matmul
 from dpplat.engine.rules.registry import LayerRule, RuleContext, clip_factors, register_rule, trainable
 
 
-def _padded_input(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+def padded_input(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """The input and the padding to give the convolution: zero padding stays implicit (no copy)."""
     if module.padding_mode == "zeros" and not isinstance(module.padding, str):
         return x, list(module.padding)
@@ -33,7 +33,7 @@ def _padded_input(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, lis
     return F.pad(x, module._reversed_padding_repeated_twice, mode=mode), [0] * len(module.kernel_size)
 
 
-def _weight_grad(module: nn.Module, x: torch.Tensor, padding: list[int], grad: torch.Tensor, weight_shape, groups: int):
+def weight_grad(module: nn.Module, x: torch.Tensor, padding: list[int], grad: torch.Tensor, weight_shape, groups: int):
     """The weight gradient alone; its kernel never reads the weight, so an uninitialised one stands in."""
     dims = len(module.kernel_size)
     weight = grad.new_empty(weight_shape)
@@ -49,21 +49,28 @@ def _use_ghost(module: nn.Module, ctx: RuleContext) -> bool:
     return matmul.use_ghost_norm(positions, patch, module.weight.shape[0] // module.groups)
 
 
-def _per_sample_weight_grads(module: nn.Module, ctx: RuleContext) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Chunks of per-sample weight gradients, shape (samples, *weight.shape), views summed."""
-    x, padding = _padded_input(module, ctx.x)
+def per_sample_weight_grads(
+    module: nn.Module, ctx: RuleContext, weight_shape: torch.Size | None = None
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Chunks of per-sample weight gradients, shape (samples, *weight_shape), views summed.
+
+    ``module`` needs a convolution's geometry (kernel_size, stride, padding, dilation, groups,
+    padding_mode); layers whose filter is built from other parameters pass ``weight_shape``.
+    """
+    x, padding = padded_input(module, ctx.x)
     grad = ctx.grad_output
-    views, weight = ctx.views, module.weight
-    per_row = weight.numel()
+    views = ctx.views
+    shape = torch.Size(weight_shape if weight_shape is not None else module.weight.shape)
+    per_row = shape.numel()
     samples_per_chunk = max(1, matmul.CHUNK_FLOATS // max(1, per_row * views))
     for start in range(0, ctx.num_samples, samples_per_chunk):
         rows = slice(start * views, min(ctx.num_samples, start + samples_per_chunk) * views)
         n = rows.stop - rows.start
         xs = x[rows].reshape(1, n * x.shape[1], *x.shape[2:])
         gs = grad[rows].reshape(1, n * grad.shape[1], *grad.shape[2:])
-        stacked_shape = (n * weight.shape[0], *weight.shape[1:])
-        per_row_grads = _weight_grad(module, xs, padding, gs, stacked_shape, n * module.groups)
-        per_sample = per_row_grads.view(n // views, views, *weight.shape).sum(1)
+        stacked_shape = (n * shape[0], *shape[1:])
+        per_row_grads = weight_grad(module, xs, padding, gs, stacked_shape, n * module.groups)
+        per_sample = per_row_grads.view(n // views, views, *shape).sum(1)
         yield slice(start, start + n // views), per_sample
 
 
@@ -111,7 +118,7 @@ class ConvRule(LayerRule):
             return fused_sum.norm_sq_from_chunks([], small, ctx.num_samples, ctx.x)
         if _use_ghost(module, ctx):
             return _ghost_weight_norm_sq(module, ctx) + fused_sum.norm_sq_from_chunks([], small, ctx.num_samples, ctx.x)
-        return fused_sum.norm_sq_from_chunks(_per_sample_weight_grads(module, ctx), small, ctx.num_samples, ctx.x)
+        return fused_sum.norm_sq_from_chunks(per_sample_weight_grads(module, ctx), small, ctx.num_samples, ctx.x)
 
     def clipped_grads(self, ctx: RuleContext, factors: torch.Tensor) -> dict[str, torch.Tensor]:
         module = ctx.module
@@ -119,8 +126,8 @@ class ConvRule(LayerRule):
         scaled = ctx.grad_output * row_factors.view(-1, *([1] * (ctx.grad_output.dim() - 1)))
         grads = {}
         if trainable(module, "weight"):
-            x, padding = _padded_input(module, ctx.x)
-            grads["weight"] = _weight_grad(module, x, padding, scaled, module.weight.shape, module.groups)
+            x, padding = padded_input(module, ctx.x)
+            grads["weight"] = weight_grad(module, x, padding, scaled, module.weight.shape, module.groups)
         if trainable(module, "bias"):
             grads["bias"] = scaled.flatten(2).sum((0, 2))
         return grads
@@ -130,6 +137,6 @@ class ConvRule(LayerRule):
         if not trainable(module, "weight"):
             return self.clipped_grads(ctx, clip_factors(self.norm_sq(ctx), bound))
         return fused_sum.clip_and_sum(
-            _per_sample_weight_grads(module, ctx), "weight", module.weight.shape,
+            per_sample_weight_grads(module, ctx), "weight", module.weight.shape,
             self._bias_per_sample(ctx), bound, ctx.x,
         )

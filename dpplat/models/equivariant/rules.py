@@ -1,0 +1,118 @@
+"""Engine rules for the equivariant layers: exact per-sample gradients of the *base* parameters.
+
+The layer's filter bank is ``E(theta)`` for a linear expansion E, so the per-sample
+gradient of theta is ``E^T`` applied to the per-sample gradient of the expanded filter.
+We form the expanded per-sample gradients one chunk of samples at a time with the plain
+convolution's machinery (:mod:`dpplat.engine.rules.conv`), pull each chunk back with the
+vector-Jacobian product of E (``torch.func.vjp`` under ``vmap``), and clip and sum while
+the chunk exists. The expanded per-sample filters of the whole model never exist at once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.func import vjp, vmap
+
+from dpplat.engine.rules import conv, fused_sum
+from dpplat.engine.rules.group_norm import per_sample_affine_grads
+from dpplat.engine.rules.registry import LayerRule, RuleContext, clip_factors, register_rule, trainable
+from dpplat.models.equivariant.layers import FieldGroupNorm, GroupConv2d, LiftingConv2d
+
+
+def _pullback(module):
+    """E^T for the module's expansion: (expanded weight grad, expanded bias grad) -> (weight grad, bias grad)."""
+    weight = module.weight.detach()
+    if module.bias is not None:
+        _, pull = vjp(module.expand, weight, module.bias.detach())
+        return pull, True
+    _, pull_weight = vjp(lambda w: module.expand(w, None)[0], weight)
+    return (lambda grads: (pull_weight(grads[0])[0], None)), False
+
+
+def _keep_trainable(module, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: g for name, g in grads.items() if trainable(module, name)}
+
+
+@register_rule(LiftingConv2d, GroupConv2d)
+class ExpandedConvRule(LayerRule):
+    def forward(self, module, x):
+        bias = module.bias.detach() if module.bias is not None else None
+        return module.forward_with(x, module.weight.detach(), bias)
+
+    def _bias_expanded(self, ctx: RuleContext) -> torch.Tensor | None:
+        if ctx.module.bias is None:
+            return None
+        return ctx.grad_output.flatten(2).sum(2).view(ctx.num_samples, ctx.views, -1).sum(1)
+
+    def _chunks(self, ctx: RuleContext):
+        """Per-sample base-weight (and base-bias) gradients, a chunk of samples at a time."""
+        module = ctx.module
+        pull, has_bias = _pullback(module)
+        bias_expanded = self._bias_expanded(ctx)
+        for rows, per_sample in conv.per_sample_weight_grads(module, ctx, weight_shape=module.expanded_shape()):
+            if has_bias:
+                w, b = vmap(lambda gw, gb: pull((gw, gb)))(per_sample, bias_expanded[rows])
+            else:
+                w, b = vmap(lambda gw: pull((gw, None))[0])(per_sample), None
+            yield rows, w, (b if has_bias else None)
+
+    def norm_sq(self, ctx: RuleContext) -> torch.Tensor:
+        total = ctx.x.new_zeros(ctx.num_samples)
+        for rows, w, b in self._chunks(ctx):
+            if trainable(ctx.module, "weight"):
+                total[rows] += w.flatten(1).square().sum(1)
+            if b is not None and trainable(ctx.module, "bias"):
+                total[rows] += b.square().sum(1)
+        return total
+
+    def clipped_grads(self, ctx: RuleContext, factors: torch.Tensor) -> dict[str, torch.Tensor]:
+        module = ctx.module
+        row_factors = factors.repeat_interleave(ctx.views).view(-1, 1, 1, 1)
+        scaled = ctx.grad_output * row_factors
+        x, padding = conv.padded_input(module, ctx.x)
+        expanded_w = conv.weight_grad(module, x, padding, scaled, module.expanded_shape(), 1)
+        expanded_b = scaled.sum((0, 2, 3)) if module.bias is not None else None
+        pull, has_bias = _pullback(module)
+        w, b = pull((expanded_w, expanded_b))
+        return _keep_trainable(module, {"weight": w, **({"bias": b} if has_bias else {})})
+
+    def clipped_grads_per_layer(self, ctx: RuleContext, bound: float) -> dict[str, torch.Tensor]:
+        module = ctx.module
+        if not (trainable(module, "weight") and (module.bias is None or trainable(module, "bias"))):
+            return self.clipped_grads(ctx, clip_factors(self.norm_sq(ctx), bound))
+        # Base bias gradients are small: gather them whole, stream the weight chunks.
+        chunks = list(self._chunks(ctx)) if module.bias is not None else None
+        if chunks is None:
+            return fused_sum.clip_and_sum(((r, w) for r, w, _ in self._chunks(ctx)), "weight",
+                                          module.weight.shape, {}, bound, ctx.x)
+        small = {"bias": torch.cat([b for _, _, b in chunks])}
+        return fused_sum.clip_and_sum(((r, w) for r, w, _ in chunks), "weight", module.weight.shape,
+                                      small, bound, ctx.x)
+
+
+@register_rule(FieldGroupNorm)
+class FieldGroupNormRule(LayerRule):
+    def forward(self, module, x):
+        return module.forward_with(x, module.weight.detach(), module.bias.detach())
+
+    def _per_sample(self, ctx: RuleContext) -> dict[str, torch.Tensor]:
+        if "per_sample" in ctx.cache:
+            return ctx.cache["per_sample"]
+        module = ctx.module
+        normalized = F.group_norm(ctx.x, module.num_groups, eps=module.eps)
+        expanded = per_sample_affine_grads(ctx, normalized, tuple(range(2, ctx.x.dim())))
+        _, pull = vjp(module.expand, module.weight.detach(), module.bias.detach())
+        zeros = torch.zeros(ctx.num_samples, module.weight.numel() * module.group.order, dtype=ctx.x.dtype)
+        w, b = vmap(lambda gw, gb: pull((gw, gb)))(expanded.get("weight", zeros), expanded.get("bias", zeros))
+        ctx.cache["per_sample"] = _keep_trainable(module, {"weight": w, "bias": b})
+        return ctx.cache["per_sample"]
+
+    def norm_sq(self, ctx: RuleContext) -> torch.Tensor:
+        total = ctx.x.new_zeros(ctx.num_samples)
+        for g in self._per_sample(ctx).values():
+            total += g.square().sum(1)
+        return total
+
+    def clipped_grads(self, ctx: RuleContext, factors: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: factors @ g for name, g in self._per_sample(ctx).items()}

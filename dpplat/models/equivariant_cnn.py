@@ -1,0 +1,36 @@
+"""Equivariant CNNs for the zoo (Hölzl, Rueckert & Kaissis 2023): a lifting layer, group convolutions,
+field-wise GroupNorm and Mish, then group pooling and global pooling, so logits are invariant."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from dpplat.models.equivariant import FieldGroupNorm, GroupConv2d, GroupPool, InvariantPool, LiftingConv2d
+from dpplat.models.registry import register_model
+
+
+def equivariant_cnn(group: str, width: int, num_classes: int, in_channels: int) -> nn.Sequential:
+    def block(conv, fields):
+        return [conv, FieldGroupNorm(min(4, fields), fields, group), nn.Mish()]
+
+    return nn.Sequential(
+        *block(LiftingConv2d(in_channels, width, 3, group), width),
+        *block(GroupConv2d(width, width, 3, group), width), nn.MaxPool2d(2),
+        *block(GroupConv2d(width, 2 * width, 3, group), 2 * width),
+        *block(GroupConv2d(2 * width, 2 * width, 3, group), 2 * width), nn.MaxPool2d(2),
+        GroupPool(group), InvariantPool(), nn.Linear(2 * width, num_classes),
+    )
+
+
+@register_model("c4-cnn", family="equivariant", group="C4",
+                description="C4 group CNN, 4 group-conv layers of 8-8-16-16 fields, Mish, field GroupNorm, "
+                            "invariant pooling; 16,514 parameters on MNIST.")
+def c4_cnn(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+    return equivariant_cnn("C4", 8, num_classes, in_channels)
+
+
+@register_model("d4-cnn", family="equivariant", group="D4",
+                description="D4 group CNN, 4 group-conv layers of 8-8-16-16 fields, Mish, field GroupNorm, "
+                            "invariant pooling; 32,642 parameters on MNIST.")
+def d4_cnn(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+    return equivariant_cnn("D4", 8, num_classes, in_channels)

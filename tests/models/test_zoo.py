@@ -1,0 +1,46 @@
+"""The zoo's registry: documented parameter counts, invariant equivariant classifiers, DP training works."""
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from dpplat import PrivacyEngine, models
+from dpplat.models.equivariant import get_group
+
+
+@pytest.mark.parametrize("name,count", [("c4-cnn", 16514), ("d4-cnn", 32642), ("cnn", 26010), ("mlp", 269322)])
+def test_parameter_counts_match_the_registry_description(name, count):
+    info = models.info(name)
+    assert info.parameter_count() == count
+    assert f"{count:,}" in info.description or name in ("cnn", "mlp")
+
+
+@pytest.mark.parametrize("name", [m.name for m in models.available() if m.family == "equivariant"])
+def test_equivariant_classifiers_are_invariant_to_their_group(name):
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=10, in_channels=1, image_size=28).double().eval()
+    group = get_group(models.info(name).group)
+    x = torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    for g in range(group.order):
+        assert (model(group.act(x, g)) - model(x)).abs().max() < 1e-10
+
+
+def test_unknown_model_lists_the_available_ones():
+    with pytest.raises(ValueError, match="available: c4-cnn, cnn, d4-cnn, mlp"):
+        models.create("resnet-1000")
+
+
+def test_equivariant_model_trains_under_the_engine():
+    torch.manual_seed(0)
+    model = models.create("c4-cnn")
+    data = TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    dp_model, opt, loader = PrivacyEngine().make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), data_loader=DataLoader(data, batch_size=16),
+        noise_multiplier=1.0, max_grad_norm=1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = next(iter(loader))
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(dp_model(x), y).backward()
+    opt.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert len(dp_model.clipping_groups) == 9  # 4 group convs, 4 field norms, 1 linear head
