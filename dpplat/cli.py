@@ -29,6 +29,8 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--subset", type=int, help="train on a deterministic random subset of this many examples")
     p.add_argument("--test-subset", type=int, help="evaluate on a subset of the test split")
+    p.add_argument("--augmult", type=int, help="augmentation multiplicity: K views per example, averaged before clipping")
+    p.add_argument("--ema-decay", type=float, help="evaluate an exponential moving average of the weights")
     p.add_argument("--secure-mode", action="store_true", default=None, help="noise from the OS CSPRNG")
     p.add_argument("--name", help="a label for the run")
     p.add_argument("--data-dir", help="folder with the dataset files (default: DPPLAT_DATA or ../shared/data)")
@@ -44,6 +46,7 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
         "dataset", "model", "epsilon", "delta", "sigma", "epochs", "batch_size", "max_grad_norm", "clipping",
         "accountant", "optimizer", "lr", "momentum", "seed", "subset", "test_subset", "secure_mode", "name", "data_dir",
+        "augmult", "ema_decay",
     )}
     if args.config:
         config = TrainConfig.from_toml(args.config, **overrides)

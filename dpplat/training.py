@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from dpplat import data as datasets
 from dpplat import models
+from dpplat.augment import WeightEMA, make_views
 from dpplat.engine import PrivacyEngine
 from dpplat.engine.accounting import check_budget
 from dpplat.store import RunStore
@@ -56,6 +57,8 @@ class TrainConfig:
     name: str | None = None
     data_dir: str | None = None
     log_every: int = 0
+    augmult: int = 1
+    ema_decay: float | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -84,6 +87,10 @@ class TrainConfig:
             raise ValueError(f"--epochs must be positive, got {self.epochs}.")
         if self.batch_size <= 0:
             raise ValueError(f"--batch-size must be positive, got {self.batch_size}.")
+        if self.augmult < 1:
+            raise ValueError(f"--augmult must be at least 1, got {self.augmult}.")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"--ema-decay must be in (0, 1), got {self.ema_decay}.")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"--optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
 
@@ -214,6 +221,14 @@ def train(
     checkpoint = store.path.resolve().parent / "runs" / f"run-{run_id}" / "checkpoint.pt"
     if resume is None:
         store.add_artifact(kind="checkpoint", path=checkpoint, run_id=run_id)
+    ema = WeightEMA(model, build_model(config), config.ema_decay) if config.ema_decay else None
+    if ema is not None and resume is not None:
+        ema.model.load_state_dict(_checkpoint_extra(store, run_id)["ema"])
+    dp_model.augmentation_multiplicity = config.augmult
+    info = datasets.DATASETS[config.dataset]
+    view_rng = torch.Generator().manual_seed(config.seed + 2)
+    evaluated = lambda: evaluate(ema.model if ema is not None else model, test_set)  # noqa: E731
+    saved = lambda: {"step": step, **({"ema": ema.model.state_dict()} if ema is not None else {})}  # noqa: E731
     log_every = config.log_every or max(1, total_steps // 50)
     bar = _progress(total_steps, quiet)
     if bar is not None:
@@ -231,10 +246,16 @@ def train(
                     break
                 store.update_run(run_id, steps=step + 1)  # counted before it is taken
                 dp_opt.zero_grad()
+                if config.augmult > 1:  # K views per example, averaged before clipping: same privacy cost
+                    x = make_views(x, config.augmult, pad=info.size // 8, flip=config.dataset == "cifar10",
+                                   generator=view_rng)
+                    y = y.repeat_interleave(config.augmult)
                 out = dp_model(x)
                 loss = F.cross_entropy(out, y)
                 loss.backward()
                 dp_opt.step()
+                if ema is not None:
+                    ema.update(model)
                 step += 1
                 if step % log_every == 0 or step == total_steps:
                     eps = engine.get_epsilon(config.delta)
@@ -245,17 +266,17 @@ def train(
                 if bar is not None:
                     bar.update(1)
                 if step % steps_per_epoch == 0:
-                    test_acc = evaluate(model, test_set)
-                    store.log_step(run_id, step, epsilon=engine.get_epsilon(config.delta), loss=loss.item(), test_accuracy=test_acc)
-                    engine.save_checkpoint(checkpoint, extra={"step": step})
+                    store.log_step(run_id, step, epsilon=engine.get_epsilon(config.delta), loss=loss.item(),
+                                   test_accuracy=evaluated())
+                    engine.save_checkpoint(checkpoint, extra=saved())
     except BaseException as err:
         store.update_run(run_id, status="interrupted", message=f"{type(err).__name__}: {err}", epsilon=engine.get_epsilon(config.delta))
         raise
     finally:
         if bar is not None:
             bar.close()
-    engine.save_checkpoint(checkpoint, extra={"step": step})
-    accuracy = evaluate(model, test_set)
+    engine.save_checkpoint(checkpoint, extra=saved())
+    accuracy = evaluated()
     epsilon = engine.get_epsilon(config.delta)
     statement = str(engine.privacy_statement(config.delta))
     store.log_step(run_id, step, epsilon=epsilon, test_accuracy=accuracy)
@@ -263,6 +284,11 @@ def train(
                      statement=statement, finished_at=time.time())
     return TrainResult(run_id, accuracy, epsilon, config.delta, step, status, statement, time.time() - started,
                        store.path, model)
+
+
+def _checkpoint_extra(store: RunStore, run_id: int) -> dict:
+    path = store.artifacts(run_id, kind="checkpoint")[-1]["path"]
+    return torch.load(path, map_location="cpu", weights_only=False)["extra"]
 
 
 def _resume(engine: PrivacyEngine, store: RunStore, run_id: int) -> int:

@@ -127,3 +127,24 @@ def test_demo_trains_audits_and_prints_the_dashboard_command(tmp_path, capsys):
     assert f"dashboard --store {store.resolve()}" in out
     s = RunStore(store)
     assert s.get_run(1).status == "finished" and s.audits(run_id=1)[0]["status"] == "finished"
+
+
+def test_augmentation_multiplicity_and_ema(tmp_path, capsys):
+    """K views per example cost no privacy: epsilon equals the K = 1 run's; EMA weights are evaluated."""
+    common = ["train", "--dataset", "mnist", "--model", "mlp", "--sigma", "1.0", "--epsilon", "50", "--epochs", "1",
+              "--batch-size", "128",
+              "--subset", "512", "--test-subset", "200", "--accountant", "rdp", "--quiet"]
+    assert main([*common, "--store", str(tmp_path / "a.db")]) == 0
+    assert main([*common, "--store", str(tmp_path / "b.db"), "--augmult", "4", "--ema-decay", "0.9"]) == 0
+    plain, augmented = RunStore(tmp_path / "a.db").get_run(1), RunStore(tmp_path / "b.db").get_run(1)
+    assert augmented.epsilon == pytest.approx(plain.epsilon)
+    assert augmented.config["augmult"] == 4 and augmented.status == "finished"
+    checkpoint = RunStore(tmp_path / "b.db").artifacts(1, kind="checkpoint")[0]["path"]
+    extra = torch.load(checkpoint, weights_only=False)["extra"]
+    assert set(extra["ema"]) == {name for name, _ in build_model_names()}
+
+
+def build_model_names():
+    from dpplat.models import create
+
+    return create("mlp").state_dict().items()

@@ -271,3 +271,15 @@ def test_privacy_statement_names_the_guarantee():
     text = str(engine.privacy_statement(1e-5))
     assert "add/remove-one" in text and "N): 100" in text and "Steps: 10" in text
     assert f"({engine.get_epsilon(1e-5):.3f}, 1.0e-05)" in text
+
+
+def test_views_are_translations_of_their_example():
+    from dpplat.augment import make_views
+
+    x = torch.randn(3, 1, 8, 8)
+    views = make_views(x, 4, pad=2, flip=False, generator=torch.Generator().manual_seed(0))
+    assert views.shape == (12, 1, 8, 8)
+    for i in range(12):  # each view's centre 4x4 block appears in its own example, shifted by at most 2
+        centre = views[i, 0, 2:6, 2:6]
+        src = torch.nn.functional.pad(x[i // 4], (2, 2, 2, 2), mode="reflect")[0]
+        assert any(torch.equal(centre, src[dy + 2 : dy + 6, dx + 2 : dx + 6]) for dy in range(5) for dx in range(5))

@@ -34,10 +34,23 @@ class _GroupConvBase(nn.Module):
         raise NotImplementedError
 
     def expanded_shape(self) -> torch.Size:
-        return self.expand(self.weight.detach(), None)[0].shape
+        return self.expansion_index().shape
+
+    def expansion_index(self) -> torch.Tensor:
+        """For each entry of the expanded filter bank, the flat index of the base entry it copies.
+
+        Rotations and flips only move entries, so the expansion is a gather: expanded =
+        weight.flatten()[index], and its transpose is a scatter-add (used for per-sample gradients).
+        """
+        if getattr(self, "_index", None) is None or self._index_shape != self.weight.shape:
+            base = torch.arange(self.weight.numel()).view(self.weight.shape)
+            self._index, self._index_shape = self.expand(base, None)[0], self.weight.shape
+        return self._index
 
     def forward_with(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        w, b = self.expand(weight, bias)
+        index = self.expansion_index().to(weight.device)
+        w = weight.reshape(-1)[index]  # the same filter bank as expand(), by one gather
+        b = bias.repeat_interleave(self.group.order) if bias is not None else None
         return F.conv2d(x, w, b, self.stride, self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,9 @@
 The layer's filter bank is ``E(theta)`` for a linear expansion E, so the per-sample
 gradient of theta is ``E^T`` applied to the per-sample gradient of the expanded filter.
 We form the expanded per-sample gradients one chunk of samples at a time with the plain
-convolution's machinery (:mod:`dpplat.engine.rules.conv`), pull each chunk back with the
-vector-Jacobian product of E (``torch.func.vjp`` under ``vmap``), and clip and sum while
+convolution's machinery (:mod:`dpplat.engine.rules.conv`), pull each chunk back with E^T
+(for rotations and flips E is a gather, so E^T is a scatter-add; the field GroupNorm's
+expansion is pulled back with ``torch.func.vjp`` under ``vmap``), and clip and sum while
 the chunk exists. The expanded per-sample filters of the whole model never exist at once.
 """
 
@@ -20,18 +21,22 @@ from dpplat.engine.rules.registry import LayerRule, RuleContext, clip_factors, r
 from dpplat.models.equivariant.layers import FieldGroupNorm, GroupConv2d, LiftingConv2d
 
 
-def _pullback(module):
-    """E^T for the module's expansion: (expanded weight grad, expanded bias grad) -> (weight grad, bias grad)."""
-    weight = module.weight.detach()
-    if module.bias is not None:
-        _, pull = vjp(module.expand, weight, module.bias.detach())
-        return pull, True
-    _, pull_weight = vjp(lambda w: module.expand(w, None)[0], weight)
-    return (lambda grads: (pull_weight(grads[0])[0], None)), False
-
-
 def _keep_trainable(module, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: g for name, g in grads.items() if trainable(module, name)}
+
+
+def _pull_weight_batch(module, expanded: torch.Tensor) -> torch.Tensor:
+    """E^T on a batch of expanded-filter gradients: a scatter-add into the base filter's entries."""
+    index = module.expansion_index().flatten().to(expanded.device)
+    n = expanded.shape[0]
+    out = expanded.new_zeros(n, module.weight.numel())
+    out.scatter_add_(1, index.expand(n, -1), expanded.reshape(n, -1))
+    return out.view(n, *module.weight.shape)
+
+
+def _pull_bias_batch(module, expanded: torch.Tensor) -> torch.Tensor:
+    """E^T for the bias, which is repeated over the group axis: sum over it."""
+    return expanded.view(expanded.shape[0], -1, module.group.order).sum(2)
 
 
 @register_rule(LiftingConv2d, GroupConv2d)
@@ -48,14 +53,10 @@ class ExpandedConvRule(LayerRule):
     def _chunks(self, ctx: RuleContext):
         """Per-sample base-weight (and base-bias) gradients, a chunk of samples at a time."""
         module = ctx.module
-        pull, has_bias = _pullback(module)
         bias_expanded = self._bias_expanded(ctx)
         for rows, per_sample in conv.per_sample_weight_grads(module, ctx, weight_shape=module.expanded_shape()):
-            if has_bias:
-                w, b = vmap(lambda gw, gb: pull((gw, gb)))(per_sample, bias_expanded[rows])
-            else:
-                w, b = vmap(lambda gw: pull((gw, None))[0])(per_sample), None
-            yield rows, w, (b if has_bias else None)
+            b = _pull_bias_batch(module, bias_expanded[rows]) if bias_expanded is not None else None
+            yield rows, _pull_weight_batch(module, per_sample), b
 
     def norm_sq(self, ctx: RuleContext) -> torch.Tensor:
         total = ctx.x.new_zeros(ctx.num_samples)
@@ -72,10 +73,10 @@ class ExpandedConvRule(LayerRule):
         scaled = ctx.grad_output * row_factors
         x, padding = conv.padded_input(module, ctx.x)
         expanded_w = conv.weight_grad(module, x, padding, scaled, module.expanded_shape(), 1)
-        expanded_b = scaled.sum((0, 2, 3)) if module.bias is not None else None
-        pull, has_bias = _pullback(module)
-        w, b = pull((expanded_w, expanded_b))
-        return _keep_trainable(module, {"weight": w, **({"bias": b} if has_bias else {})})
+        grads = {"weight": _pull_weight_batch(module, expanded_w[None])[0]}
+        if module.bias is not None:
+            grads["bias"] = _pull_bias_batch(module, scaled.sum((0, 2, 3))[None])[0]
+        return _keep_trainable(module, grads)
 
     def clipped_grads_per_layer(self, ctx: RuleContext, bound: float) -> dict[str, torch.Tensor]:
         module = ctx.module
