@@ -18,7 +18,6 @@ a few steps in its own spawned child process; extra peak memory is the child's p
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import multiprocessing as mp
 import os

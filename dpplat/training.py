@@ -9,10 +9,8 @@ epsilon is never under-reported after a crash.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from dpplat.augment import WeightEMA, make_views
 from dpplat.engine import PrivacyEngine
 from dpplat.engine.accounting import check_budget
 from dpplat.store import RunStore
+from dpplat.tomlfile import read_toml
 
 
 @dataclass
@@ -64,12 +63,7 @@ class TrainConfig:
     @classmethod
     def from_toml(cls, path: str | Path, **overrides) -> "TrainConfig":
         """Read a recipe; top-level keys or a ``[train]`` table map onto the fields, the rest goes to ``extra``."""
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file {path} does not exist.") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"config file {path} is not valid TOML: {err}") from None
+        raw = read_toml(path, "config file", "the shipped recipes are in models/")
         table = dict(raw.get("train", raw))
         names = {f.name for f in dataclasses.fields(cls)}
         known = {k.replace("-", "_"): v for k, v in table.items() if k.replace("-", "_") in names}

@@ -6,11 +6,11 @@ import dataclasses
 import hashlib
 import json
 import math
-import tomllib
 from pathlib import Path
 
 from dpplat.audits.mia import MIAConfig, format_report, run_mia
 from dpplat.store import RunStore
+from dpplat.tomlfile import read_toml
 from dpplat.training import TrainConfig
 
 
@@ -22,12 +22,7 @@ def _parse_epsilon(value) -> float:
 
 def load_plan(path: str | Path) -> MIAConfig:
     """Read an audit plan: MIAConfig keys at the top, training hyper-parameters in ``[train]``."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"audit plan {path} does not exist; the shipped plans are in audits/.") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"audit plan {path} is not valid TOML: {err}") from None
+    raw = read_toml(path, "audit plan", "the shipped plans are in audits/")
     kind = raw.pop("kind", "mia")
     if kind != "mia":
         raise ValueError(f"audit plan {path} has kind {kind!r}; this dpplat runs kind = 'mia' plans.")

@@ -77,3 +77,28 @@ def empty_store_message() -> None:
 def run_label(row) -> str:
     name = f" {row['name']}" if isinstance(row.get("name"), str) and row.get("name") else ""
     return f"run {row['id']}{name}: {row['model']} on {row['dataset']}"
+
+
+def select_run(label: str = "Run"):
+    """Open the store and let the user pick a run: (store path, runs frame, chosen row), or None after a message."""
+    if open_store() is None:
+        return None
+    path = store_path()
+    frame = runs(path)
+    if frame.empty:
+        empty_store_message()
+        return None
+    labels = {int(r["id"]): run_label(r) for _, r in frame.iterrows()}
+    run_id = st.selectbox(label, list(labels)[::-1], format_func=labels.get)
+    return path, frame, frame[frame["id"] == run_id].iloc[0]
+
+
+def finished_audits(kind: str, empty_message: str) -> list[dict] | None:
+    """The store's finished audits of ``kind``, or None after a message (no store, or none yet)."""
+    if open_store() is None:
+        return None
+    found = [a for a in audits(store_path(), kind) if a["status"] == "finished" and a["results"]]
+    if not found:
+        st.info(empty_message)
+        return None
+    return found

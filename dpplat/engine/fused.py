@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dpplat.engine.rules import RuleContext, get_rule
+from dpplat.engine.rules import RuleContext
 from dpplat.engine.rules.registry import LayerRule, clip_factors
 from dpplat.engine.validate import check_module
 

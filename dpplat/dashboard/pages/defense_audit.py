@@ -7,25 +7,22 @@ import streamlit as st
 from dpplat.dashboard import loaders
 
 st.title("Defense audit")
-store = loaders.open_store()
-if store is not None:
-    found = [a for a in loaders.audits(loaders.store_path(), "oars") if a["status"] == "finished" and a["results"]]
-    if not found:
-        st.info("No defense audit in this store yet. A defense audit attacks a trained model behind a stateful "
-                "defense (Blacklight, PIHA, Stateful Detection) in standard and OARS form; its results appear here.")
-    else:
-        rows = []
-        for a in found:
-            for s in a["results"].get("summaries", []):
-                rows.append({"audit": a["id"], "dataset": a["params"].get("dataset"), **s})
-        table = pd.DataFrame(rows)
-        st.dataframe(table, hide_index=True, width="stretch")
-        st.subheader("Attack success rate, standard vs OARS")
-        st.altair_chart(alt.Chart(table).mark_bar().encode(
-            x=alt.X("mode:N", title=None), y=alt.Y("success_rate:Q", title="attack success rate"),
-            color="mode:N", column=alt.Column("attack:N"), row=alt.Row("defense:N")))
-        st.subheader("Success rate against queries used")
-        st.altair_chart(alt.Chart(table).mark_circle(size=90).encode(
-            x=alt.X("mean_queries:Q", title="mean queries (successes)", scale=alt.Scale(type="log")),
-            y=alt.Y("success_rate:Q"), color="mode:N", shape="defense:N", tooltip=list(table.columns)),
-            width="stretch")
+found = loaders.finished_audits("oars", "No defense audit in this store yet. A defense audit attacks a trained "
+                                         "model behind a stateful defense (Blacklight, PIHA, Stateful Detection) in "
+                                         "standard and OARS form; its results appear here.")
+if found is not None:
+    rows = []
+    for a in found:
+        for s in a["results"].get("summaries", []):
+            rows.append({"audit": a["id"], "dataset": a["params"].get("dataset"), **s})
+    table = pd.DataFrame(rows)
+    st.dataframe(table, hide_index=True, width="stretch")
+    st.subheader("Attack success rate, standard vs OARS")
+    st.altair_chart(alt.Chart(table).mark_bar().encode(
+        x=alt.X("mode:N", title=None), y=alt.Y("success_rate:Q", title="attack success rate"),
+        color="mode:N", column=alt.Column("attack:N"), row=alt.Row("defense:N")))
+    st.subheader("Success rate against queries used")
+    st.altair_chart(alt.Chart(table).mark_circle(size=90).encode(
+        x=alt.X("mean_queries:Q", title="mean queries (successes)", scale=alt.Scale(type="log")),
+        y=alt.Y("success_rate:Q"), color="mode:N", shape="defense:N", tooltip=list(table.columns)),
+        width="stretch")

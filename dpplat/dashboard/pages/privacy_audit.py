@@ -7,64 +7,60 @@ import streamlit as st
 from dpplat.dashboard import loaders
 
 st.title("Privacy audit")
-store = loaders.open_store()
-if store is not None:
-    found = [a for a in loaders.audits(loaders.store_path(), "mia") if a["status"] == "finished" and a["results"]]
-    if not found:
-        st.info("No privacy audit in this store yet. Run one with:\n\n"
-                "```bash\ndpplat audit run audits/mnist-eps8.toml\n```")
-    else:
-        def label(a):
-            eps = a["results"]["claimed_epsilon"]
-            return f"audit {a['id']}: {a['params']['dataset']}, claimed epsilon {'∞' if eps is None else eps}"
+found = loaders.finished_audits("mia", "No privacy audit in this store yet. Run one with:\n\n"
+                                       "```bash\ndpplat audit run audits/mnist-eps8.toml\n```")
+if found is not None:
+    def label(a):
+        eps = a["results"]["claimed_epsilon"]
+        return f"audit {a['id']}: {a['params']['dataset']}, claimed epsilon {'∞' if eps is None else eps}"
 
-        audit = st.selectbox("Audit", found[::-1], format_func=label)
-        r = audit["results"]
-        b, cp, one = r["bayes"], r["clopper_pearson"], r["one_run"]
-        claimed = r["claimed_epsilon"]
-        if r["exceeds_claim"]:
-            st.error(f"An empirical lower bound exceeds the claimed epsilon = {claimed}: a bug in training or "
-                     "accounting, or a broken guarantee. Do not trust this model's claim until explained.")
-        cols = st.columns(4)
-        cols[0].metric("claimed epsilon", "∞ (non-private)" if claimed is None else f"{claimed:g}")
-        cols[1].metric(f"Bayesian {r['confidence']:.0%} interval", f"[{b['low']:.2f}, {b['high']:.2f}]")
-        cols[2].metric("Clopper–Pearson interval", f"[{cp['low']:.2f}, {cp['high']:.2f}]")
-        cols[3].metric("one-run lower bound", f"{one['lower_bound']:.2f}")
-        c = r["counts"]
-        st.caption(f"{r['models']} models, {r['challenges']} canaries ({r['reported_challenges']} counted), attack "
-                   f"{r['attack']}: FP {c['fp']}/{c['negatives']}, FN {c['fn']}/{c['positives']}, delta {r['delta']:g}. "
-                   + r["independence_note"])
+    audit = st.selectbox("Audit", found[::-1], format_func=label)
+    r = audit["results"]
+    b, cp, one = r["bayes"], r["clopper_pearson"], r["one_run"]
+    claimed = r["claimed_epsilon"]
+    if r["exceeds_claim"]:
+        st.error(f"An empirical lower bound exceeds the claimed epsilon = {claimed}: a bug in training or "
+                 "accounting, or a broken guarantee. Do not trust this model's claim until explained.")
+    cols = st.columns(4)
+    cols[0].metric("claimed epsilon", "∞ (non-private)" if claimed is None else f"{claimed:g}")
+    cols[1].metric(f"Bayesian {r['confidence']:.0%} interval", f"[{b['low']:.2f}, {b['high']:.2f}]")
+    cols[2].metric("Clopper–Pearson interval", f"[{cp['low']:.2f}, {cp['high']:.2f}]")
+    cols[3].metric("one-run lower bound", f"{one['lower_bound']:.2f}")
+    c = r["counts"]
+    st.caption(f"{r['models']} models, {r['challenges']} canaries ({r['reported_challenges']} counted), attack "
+               f"{r['attack']}: FP {c['fp']}/{c['negatives']}, FN {c['fn']}/{c['positives']}, delta {r['delta']:g}. "
+               + r["independence_note"])
 
-        st.subheader("Posterior of epsilon")
-        density = pd.DataFrame({"epsilon": b["grid"], "density": b["density"]})
-        marks = [("Bayesian low", b["low"]), ("Bayesian high", b["high"]), ("Clopper–Pearson low", cp["low"]),
-                 ("one-run bound", one["lower_bound"])]
-        if claimed is not None:
-            marks.append(("claimed epsilon", claimed))
-        lines = pd.DataFrame(marks, columns=["bound", "epsilon"])
-        area = alt.Chart(density).mark_area(opacity=0.4).encode(x=alt.X("epsilon:Q"), y=alt.Y("density:Q"))
-        rules = alt.Chart(lines).mark_rule(strokeWidth=2).encode(x="epsilon:Q", color=alt.Color("bound:N"),
-                                                                 tooltip=["bound", "epsilon"])
-        st.altair_chart(area + rules, width="stretch")
+    st.subheader("Posterior of epsilon")
+    density = pd.DataFrame({"epsilon": b["grid"], "density": b["density"]})
+    marks = [("Bayesian low", b["low"]), ("Bayesian high", b["high"]), ("Clopper–Pearson low", cp["low"]),
+             ("one-run bound", one["lower_bound"])]
+    if claimed is not None:
+        marks.append(("claimed epsilon", claimed))
+    lines = pd.DataFrame(marks, columns=["bound", "epsilon"])
+    area = alt.Chart(density).mark_area(opacity=0.4).encode(x=alt.X("epsilon:Q"), y=alt.Y("density:Q"))
+    rules = alt.Chart(lines).mark_rule(strokeWidth=2).encode(x="epsilon:Q", color=alt.Color("bound:N"),
+                                                             tooltip=["bound", "epsilon"])
+    st.altair_chart(area + rules, width="stretch")
 
-        st.subheader("ROC curves")
-        rows = []
-        for attack, roc in r["roc"].items():
-            rows += [{"attack": attack, "fpr": f, "tpr": t} for f, t in zip(roc["fpr"], roc["tpr"])]
-        roc_frame = pd.DataFrame(rows)
-        summary = pd.DataFrame([{"attack": a, "AUC": v["auc"], "TPR @ 1% FPR": v["tpr_at_1pct_fpr"],
-                                 "TPR @ 0.1% FPR": v["tpr_at_0.1pct_fpr"]} for a, v in r["roc"].items()])
-        st.dataframe(summary, hide_index=True)
-        left, right = st.columns(2)
-        with left:
-            st.caption("linear axes")
-            st.altair_chart(alt.Chart(roc_frame).mark_line().encode(
-                x=alt.X("fpr:Q", title="false positive rate"), y=alt.Y("tpr:Q", title="true positive rate"),
-                color="attack:N"), width="stretch")
-        with right:
-            st.caption("log-log axes")
-            positive = roc_frame[(roc_frame["fpr"] > 0) & (roc_frame["tpr"] > 0)]
-            st.altair_chart(alt.Chart(positive).mark_line().encode(
-                x=alt.X("fpr:Q", title="false positive rate", scale=alt.Scale(type="log")),
-                y=alt.Y("tpr:Q", title="true positive rate", scale=alt.Scale(type="log")),
-                color="attack:N"), width="stretch")
+    st.subheader("ROC curves")
+    rows = []
+    for attack, roc in r["roc"].items():
+        rows += [{"attack": attack, "fpr": f, "tpr": t} for f, t in zip(roc["fpr"], roc["tpr"])]
+    roc_frame = pd.DataFrame(rows)
+    summary = pd.DataFrame([{"attack": a, "AUC": v["auc"], "TPR @ 1% FPR": v["tpr_at_1pct_fpr"],
+                             "TPR @ 0.1% FPR": v["tpr_at_0.1pct_fpr"]} for a, v in r["roc"].items()])
+    st.dataframe(summary, hide_index=True)
+    left, right = st.columns(2)
+    with left:
+        st.caption("linear axes")
+        st.altair_chart(alt.Chart(roc_frame).mark_line().encode(
+            x=alt.X("fpr:Q", title="false positive rate"), y=alt.Y("tpr:Q", title="true positive rate"),
+            color="attack:N"), width="stretch")
+    with right:
+        st.caption("log-log axes")
+        positive = roc_frame[(roc_frame["fpr"] > 0) & (roc_frame["tpr"] > 0)]
+        st.altair_chart(alt.Chart(positive).mark_line().encode(
+            x=alt.X("fpr:Q", title="false positive rate", scale=alt.Scale(type="log")),
+            y=alt.Y("tpr:Q", title="true positive rate", scale=alt.Scale(type="log")),
+            color="attack:N"), width="stretch")
