@@ -44,3 +44,16 @@ def test_equivariant_model_trains_under_the_engine():
     opt.step()
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert len(dp_model.clipping_groups) == 9  # 4 group convs, 4 field norms, 1 linear head
+
+
+def test_shipped_recipes_parse_and_name_registered_models():
+    from pathlib import Path
+
+    from dpplat.training import TrainConfig
+
+    recipes = sorted((Path(__file__).resolve().parents[2] / "models").glob("*.toml"))
+    assert recipes
+    for recipe in recipes:
+        config = TrainConfig.from_toml(recipe)
+        config.validate()
+        assert models.info(config.model) and "machine" in config.extra["result"]
