@@ -41,6 +41,7 @@ class DPOptimizer:
         expected_batch_size: float,
         secure_mode: bool = False,
         generator: torch.Generator | None = None,
+        distributed: bool = False,
     ) -> None:
         if noise_multiplier < 0:
             raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}.")
@@ -57,6 +58,7 @@ class DPOptimizer:
         self.expected_batch_size = float(expected_batch_size)
         self.secure_mode = secure_mode
         self.generator = generator
+        self.distributed = distributed
         self.step_hooks: list[Callable[["DPOptimizer"], None]] = []
         self.steps_left: int | None = None
 
@@ -86,12 +88,37 @@ class DPOptimizer:
     def privatise_gradients(self) -> None:
         """Turn each ``.grad`` (the clipped sum) into ``(sum + N(0, sigma^2 C^2)) / expected_batch_size``."""
         self.module.finish_flat_clipping()
-        std = self.noise_std
-        for p in self.module.trainable_parameters():
+        params = self.module.trainable_parameters()
+        for p in params:
             if p.grad is None:  # an empty batch, or a layer the batch never reached: its clipped sum is 0
                 p.grad = torch.zeros_like(p)
-            add_gaussian_noise_(p.grad, std, secure=self.secure_mode, generator=self.generator)
+        if self.distributed:
+            self._all_reduce_with_noise_once(params)
+        else:
+            for p in params:
+                add_gaussian_noise_(p.grad, self.noise_std, secure=self.secure_mode, generator=self.generator)
+        for p in params:
             p.grad.div_(self.expected_batch_size)
+
+    def _all_reduce_with_noise_once(self, params: list) -> None:
+        """Data parallel: rank 0 adds the one N(0, sigma^2 C^2) draw to its share, then the shares are summed.
+
+        Each sample's clipped gradient lives on exactly one rank, so the all-reduced sum is
+        the global clipped sum plus exactly one noise draw, the same on every rank (so the
+        replicas stay identical). Splitting the noise over ranks would need each rank's
+        draw to stay secret from the others; noise on one rank needs no such trust.
+        """
+        import torch.distributed as dist
+
+        if dist.get_rank() == 0:
+            for p in params:
+                add_gaussian_noise_(p.grad, self.noise_std, secure=self.secure_mode, generator=self.generator)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
 
     def step(self, closure: Callable | None = None):
         if self.steps_left is not None and self.steps_left <= 0:

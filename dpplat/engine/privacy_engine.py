@@ -18,6 +18,14 @@ from dpplat.engine.sampler import PoissonDataLoader
 from dpplat.engine.statement import PrivacyStatement
 
 
+def _process_group() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class PrivacyEngine:
     """Makes a (module, optimizer, data loader) triple differentially private and keeps its accountant.
 
@@ -53,8 +61,14 @@ class PrivacyEngine:
         target_epsilon: float | None = None,
         target_delta: float | None = None,
         noise_generator: torch.Generator | None = None,
+        distributed: bool | None = None,
     ) -> tuple[DPModule, DPOptimizer, DataLoader]:
-        """Wrap the three; with ``target_epsilon`` the optimizer refuses steps beyond that budget."""
+        """Wrap the three; with ``target_epsilon`` the optimizer refuses steps beyond that budget.
+
+        ``distributed`` (default: whether a torch.distributed group of several processes is
+        initialised) makes the triple data parallel: every rank passes the same model and the
+        whole dataset; Poisson sampling and noise are global, so accounting is unchanged.
+        """
         if self.module is not None:
             raise RuntimeError("this PrivacyEngine already manages a model; create one engine per training run.")
         if noise_multiplier < 0:
@@ -67,9 +81,14 @@ class PrivacyEngine:
         dp_module = module if isinstance(module, DPModule) else DPModule(
             module, max_grad_norm=max_grad_norm, clipping=clipping, loss_reduction=loss_reduction
         )
+        rank, world_size = _process_group() if distributed is not False else (0, 1)
+        distributed = world_size > 1
+        if distributed and not poisson_sampling:
+            raise ValueError("distributed training needs poisson_sampling=True (the sample is drawn once, globally).")
         if poisson_sampling:
             generator = noise_generator
-            data_loader = PoissonDataLoader.from_data_loader(data_loader, generator=generator, secure=self.secure_mode)
+            data_loader = PoissonDataLoader.from_data_loader(data_loader, generator=generator, secure=self.secure_mode,
+                                                             rank=rank, world_size=world_size)
             sample_rate = data_loader.sample_rate
             expected_batch_size = sample_rate * dataset_size
         else:
@@ -83,6 +102,7 @@ class PrivacyEngine:
             expected_batch_size=expected_batch_size,
             secure_mode=self.secure_mode,
             generator=noise_generator,
+            distributed=distributed,
         )
         dp_optimizer.attach_step_hook(
             lambda opt: self.accountant.step(noise_multiplier=opt.noise_multiplier, sample_rate=sample_rate)

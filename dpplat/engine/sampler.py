@@ -29,6 +29,8 @@ class PoissonBatchSampler(Sampler[list[int]]):
         *,
         generator: torch.Generator | None = None,
         secure: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if not 0 < sample_rate <= 1:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}.")
@@ -36,6 +38,7 @@ class PoissonBatchSampler(Sampler[list[int]]):
         self.sample_rate = sample_rate
         self.num_batches = num_batches
         self.secure = secure
+        self.rank, self.world_size = rank, world_size
         self.generator = generator if generator is not None else torch.Generator().manual_seed(
             int(torch.empty((), dtype=torch.int64).random_().item())
         )
@@ -43,13 +46,23 @@ class PoissonBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.num_batches
 
+    def _draw(self) -> torch.Tensor:
+        if self.secure:
+            return torch.from_numpy(secure_uniform(self.num_samples) <= self.sample_rate)
+        return torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
+
     def __iter__(self) -> Iterator[list[int]]:
         for _ in range(self.num_batches):
-            if self.secure:
-                mask = torch.from_numpy(secure_uniform(self.num_samples) <= self.sample_rate)
-            else:
-                mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
-            yield mask.nonzero().flatten().tolist()
+            if self.world_size == 1:
+                yield self._draw().nonzero().flatten().tolist()
+                continue
+            # Several processes: rank 0 draws the one global Poisson sample and every rank takes a disjoint
+            # share of it, so each example joins a step with probability q whatever the number of ranks.
+            import torch.distributed as dist
+
+            mask = self._draw().to(torch.uint8) if self.rank == 0 else torch.empty(self.num_samples, dtype=torch.uint8)
+            dist.broadcast(mask, src=0)
+            yield mask.nonzero().flatten()[self.rank :: self.world_size].tolist()
 
 
 def collate_allowing_empty(sample: Any, collate_fn: Callable = default_collate) -> Callable:
@@ -85,11 +98,14 @@ class PoissonDataLoader(DataLoader):
         generator: torch.Generator | None = None,
         secure: bool = False,
         num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if len(dataset) == 0:
             raise ValueError("the dataset is empty: nothing to sample from.")
         self.sample_rate = sample_rate
-        sampler = PoissonBatchSampler(len(dataset), sample_rate, num_batches, generator=generator, secure=secure)
+        sampler = PoissonBatchSampler(len(dataset), sample_rate, num_batches, generator=generator, secure=secure,
+                                      rank=rank, world_size=world_size)
         super().__init__(
             dataset,
             batch_sampler=sampler,
@@ -98,8 +114,14 @@ class PoissonDataLoader(DataLoader):
         )
 
     @classmethod
-    def from_data_loader(cls, loader: DataLoader, *, generator=None, secure: bool = False) -> "PoissonDataLoader":
-        """Same dataset and expected batch size as ``loader``: q = 1 / len(loader), as Opacus does."""
+    def from_data_loader(
+        cls, loader: DataLoader, *, generator=None, secure: bool = False, rank: int = 0, world_size: int = 1
+    ) -> "PoissonDataLoader":
+        """Same dataset and expected batch size as ``loader``: q = 1 / len(loader), as Opacus does.
+
+        With ``world_size > 1`` every rank passes the whole dataset; each step's sample is
+        drawn once (on rank 0) and shared out, so the expected *global* batch is the same.
+        """
         num_batches = len(loader)
         if num_batches == 0:
             raise ValueError("the data loader yields no batches; check its dataset and batch size.")
@@ -107,6 +129,7 @@ class PoissonDataLoader(DataLoader):
         return cls(
             loader.dataset, 1.0 / num_batches, num_batches,
             collate_fn=collate, generator=generator, secure=secure, num_workers=loader.num_workers,
+            rank=rank, world_size=world_size,
         )
 
     @property
