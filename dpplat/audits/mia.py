@@ -27,7 +27,6 @@ import numpy as np
 from dpplat.audits.backends import make_backend
 from dpplat.audits.estimate import estimate_epsilon
 from dpplat.audits.one_run import one_run_lower_bound
-from dpplat.audits.region import epsilon_of_rates
 from dpplat.audits.roc import roc_curve
 from dpplat.audits.scores import ATTACKS, attack_scores
 from dpplat.training import TrainConfig
@@ -129,19 +128,22 @@ def train_and_score(job: dict) -> str:
     return job["out"]
 
 
-def _choose_threshold(scores: np.ndarray, members: np.ndarray, delta: float) -> float:
-    """The threshold that maximises the smoothed point estimate of epsilon on calibration guesses."""
-    candidates = np.unique(np.quantile(scores, np.linspace(0, 1, 201)))
-    neg, pos = (~members).sum(), members.sum()
-    best, best_eps = candidates[0], -1.0
+def _choose_threshold(scores: np.ndarray, members: np.ndarray, delta: float, confidence: float) -> float:
+    """The threshold whose calibration guesses give the highest Clopper–Pearson lower bound on epsilon.
+
+    A lower bound (not a point estimate) penalises extreme thresholds that rest on a handful
+    of guesses; when no threshold proves anything, the median score (balanced guesses) is used.
+    """
+    candidates = np.unique(np.quantile(scores, np.linspace(0, 1, 101)))
+    neg, pos = int((~members).sum()), int(members.sum())
+    best, best_bound = float(np.median(scores)), 0.0
     for t in candidates:
         guess = scores >= t
-        fpr = ((guess & ~members).sum() + 0.5) / (neg + 1)
-        fnr = ((~guess & members).sum() + 0.5) / (pos + 1)
-        eps = float(epsilon_of_rates(fpr, fnr, delta))
-        if eps > best_eps:
-            best, best_eps = t, eps
-    return float(best)
+        fp, fn = int((guess & ~members).sum()), int((~guess & members).sum())
+        bound = estimate_epsilon(fp, fn, neg, pos, delta, confidence, method="clopper-pearson").lower_bound
+        if bound > best_bound:
+            best, best_bound = float(t), bound
+    return best
 
 
 def run_mia(config: MIAConfig, workdir: str | Path, *, progress=None) -> dict:
@@ -193,7 +195,8 @@ def run_mia(config: MIAConfig, workdir: str | Path, *, progress=None) -> dict:
         attacks[attack] = {"scores": scores, "roc": roc_curve(scores[:, report].ravel(), members[:, report].ravel())}
 
     scores = attacks[config.attack]["scores"]
-    threshold = _choose_threshold(scores[:, calibration].ravel(), members[:, calibration].ravel(), config.delta)
+    threshold = _choose_threshold(scores[:, calibration].ravel(), members[:, calibration].ravel(), config.delta,
+                                  config.confidence)
     guess = scores[:, report].ravel() >= threshold
     truth = members[:, report].ravel()
     fp, fn = int((guess & ~truth).sum()), int((~guess & truth).sum())
