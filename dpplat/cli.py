@@ -142,7 +142,7 @@ def _audit(args: argparse.Namespace) -> int:
         return 0
 
     from dpplat.audits.mia import MIAConfig, format_report
-    from dpplat.audits.plans import _parse_epsilon, load_plan, run_and_store
+    from dpplat.audits.plans import parse_epsilon, load_plan, run_and_store
     from dpplat.store import RunStore
     from dpplat.training import TrainConfig
 
@@ -167,7 +167,7 @@ def _audit(args: argparse.Namespace) -> int:
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
         if args.epsilon is not None:
-            config.epsilon = _parse_epsilon(args.epsilon)
+            config.epsilon = parse_epsilon(args.epsilon)
         if args.model is not None:
             config.train.model = args.model
         if args.epochs is not None:

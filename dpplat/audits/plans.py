@@ -14,7 +14,8 @@ from dpplat.tomlfile import read_toml
 from dpplat.training import TrainConfig
 
 
-def _parse_epsilon(value) -> float:
+def parse_epsilon(value) -> float:
+    """A claimed epsilon from a plan or flag: a number, or "inf" for the non-private reference."""
     if isinstance(value, str) and value.lower() in ("inf", "infinity", "none"):
         return math.inf
     return float(value)
@@ -33,7 +34,7 @@ def load_plan(path: str | Path) -> MIAConfig:
     if unknown:
         raise ValueError(f"audit plan {path} has unknown keys {sorted(unknown)}; known: {sorted(names - {'train'})}.")
     if "epsilon" in raw:
-        raw["epsilon"] = _parse_epsilon(raw["epsilon"])
+        raw["epsilon"] = parse_epsilon(raw["epsilon"])
     default_train = dataclasses.asdict(MIAConfig().train)
     default_train.update(train)
     return MIAConfig(**raw, train=TrainConfig(**{k: v for k, v in default_train.items()}))

@@ -81,7 +81,8 @@ class DPModule(nn.Module):
         ``C_l = C / sqrt(L)``, or a list gives each group's ``C_l``.
     clipping: ``"per_layer"`` (fused into the backward) or ``"flat"`` (one bound on the whole gradient).
     loss_reduction: ``"mean"`` or ``"sum"``, how the loss combines the batch's rows.
-    batch_first: whether dim 0 of every layer's input is the batch (required).
+
+    Every layer's input must have the batch in dim 0 (batch first), as in Opacus's default.
     """
 
     def __init__(
