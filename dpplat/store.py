@@ -254,15 +254,16 @@ class RunStore:
                 (json.dumps(results, sort_keys=True), status, time.time(), audit_id),
             )
 
+    def _rows(self, table: str, run_id: int | None, kind: str | None) -> list[dict]:
+        """Rows of ``audits`` or ``artifacts``, optionally of one run and one kind, oldest first."""
+        filters = {"run_id": run_id, "kind": kind}
+        used = {column: value for column, value in filters.items() if value is not None}
+        where = " AND ".join(f"{column} = ?" for column in used) or "1=1"
+        return [dict(r) for r in self.conn.execute(f"SELECT * FROM {table} WHERE {where} ORDER BY id", list(used.values()))]
+
     def audits(self, run_id: int | None = None, kind: str | None = None) -> list[dict]:
-        query, args = "SELECT * FROM audits WHERE 1=1", []
-        if run_id is not None:
-            query, args = query + " AND run_id = ?", [*args, run_id]
-        if kind is not None:
-            query, args = query + " AND kind = ?", [*args, kind]
         out = []
-        for r in self.conn.execute(query + " ORDER BY id", args):
-            d = dict(r)
+        for d in self._rows("audits", run_id, kind):
             d["params"] = json.loads(d["params"])
             d["results"] = json.loads(d["results"]) if d["results"] else None
             out.append(d)
@@ -277,12 +278,7 @@ class RunStore:
         return int(cur.lastrowid)
 
     def artifacts(self, run_id: int | None = None, kind: str | None = None) -> list[dict]:
-        query, args = "SELECT * FROM artifacts WHERE 1=1", []
-        if run_id is not None:
-            query, args = query + " AND run_id = ?", [*args, run_id]
-        if kind is not None:
-            query, args = query + " AND kind = ?", [*args, kind]
-        return [dict(r) for r in self.conn.execute(query + " ORDER BY id", args)]
+        return self._rows("artifacts", run_id, kind)
 
     def iter_rows(self, sql: str, args: tuple = ()) -> Iterator[dict]:
         """Read-only access for reporting; the dashboard's queries go through here."""
