@@ -36,12 +36,13 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--data-dir", help="folder with the dataset files (default: DPPLAT_DATA or ../shared/data)")
     p.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
     p.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a stored run from its checkpoint")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torch.distributed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar; print only the result line")
 
 
-def _train(args: argparse.Namespace) -> int:
-    from dpplat.store import RunStore
-    from dpplat.training import TrainConfig, train
+def train_config_from_args(args: argparse.Namespace):
+    """The TrainConfig that ``dpplat train``'s flags (and --config file) describe."""
+    from dpplat.training import TrainConfig
 
     overrides = {k: getattr(args, k) for k in (
         "dataset", "model", "epsilon", "delta", "sigma", "epochs", "batch_size", "max_grad_norm", "clipping",
@@ -49,9 +50,24 @@ def _train(args: argparse.Namespace) -> int:
         "augmult", "ema_decay",
     )}
     if args.config:
-        config = TrainConfig.from_toml(args.config, **overrides)
-    else:
-        config = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+        return TrainConfig.from_toml(args.config, **overrides)
+    return TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dpplat.store import RunStore
+    from dpplat.training import train
+
+    config = train_config_from_args(args)
+    if args.nproc > 1:
+        from dpplat.distributed import launch
+
+        if args.resume is not None:
+            raise ValueError("--resume runs in one process; drop --nproc to resume a run.")
+        store_path = args.store or default_store_path()
+        RunStore(store_path).close()  # a bad store fails here, before any process starts
+        launch(config, str(store_path), args.nproc, quiet=args.quiet)
+        return 0
     store = RunStore(args.store or default_store_path())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -257,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from dpplat.data import DatasetError
+    from dpplat.distributed import RankFailed
 
     args = build_parser().parse_args(argv)
     # Opacus's RDP conversion hint (also raised inside the PRV accountant) says nothing a user can act on.
@@ -264,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"train": _train, "audit": _audit, "dashboard": _dashboard, "demo": _demo}
     try:
         return handlers[args.command](args)
-    except (ValueError, StoreError, DatasetError, FileNotFoundError, KeyError) as err:
+    except (ValueError, StoreError, DatasetError, FileNotFoundError, KeyError, RankFailed) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"dpplat {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -186,8 +186,13 @@ def train(
     quiet: bool = False,
     resume: int | None = None,
     train_set=None,
+    main_process: bool = True,
 ) -> TrainResult:
-    """Train one model under ``config``, recording the run in ``store``; ``resume`` continues a stored run."""
+    """Train one model under ``config``, recording the run in ``store``; ``resume`` continues a stored run.
+
+    In data-parallel training every rank runs this loop; only the ``main_process`` (rank 0)
+    evaluates and writes checkpoints, and the others get a :class:`NullStore`.
+    """
     started = time.time()
     if resume is not None:
         stored = store.get_run(resume)
@@ -221,10 +226,10 @@ def train(
     dp_model.augmentation_multiplicity = config.augmult
     info = datasets.DATASETS[config.dataset]
     view_rng = torch.Generator().manual_seed(config.seed + 2)
-    evaluated = lambda: evaluate(ema.model if ema is not None else model, test_set)  # noqa: E731
+    evaluated = lambda: evaluate(ema.model if ema is not None else model, test_set) if main_process else None  # noqa: E731
     saved = lambda: {"step": step, **({"ema": ema.model.state_dict()} if ema is not None else {})}  # noqa: E731
     log_every = config.log_every or max(1, total_steps // 50)
-    bar = _progress(total_steps, quiet)
+    bar = _progress(total_steps, quiet or not main_process)
     if bar is not None:
         bar.update(done_steps)
     status, message = "finished", None
@@ -262,14 +267,16 @@ def train(
                 if step % steps_per_epoch == 0:
                     store.log_step(run_id, step, epsilon=engine.get_epsilon(config.delta), loss=loss.item(),
                                    test_accuracy=evaluated())
-                    engine.save_checkpoint(checkpoint, extra=saved())
+                    if main_process:
+                        engine.save_checkpoint(checkpoint, extra=saved())
     except BaseException as err:
         store.update_run(run_id, status="interrupted", message=f"{type(err).__name__}: {err}", epsilon=engine.get_epsilon(config.delta))
         raise
     finally:
         if bar is not None:
             bar.close()
-    engine.save_checkpoint(checkpoint, extra=saved())
+    if main_process:
+        engine.save_checkpoint(checkpoint, extra=saved())
     accuracy = evaluated()
     epsilon = engine.get_epsilon(config.delta)
     statement = str(engine.privacy_statement(config.delta))
@@ -278,6 +285,25 @@ def train(
                      statement=statement, finished_at=time.time())
     return TrainResult(run_id, accuracy, epsilon, config.delta, step, status, statement, time.time() - started,
                        store.path, model)
+
+
+class NullStore:
+    """The store of a data-parallel rank other than 0: the run is stored once, by rank 0."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def create_run(self, **_) -> int:
+        return 0
+
+    def update_run(self, *_, **__) -> None:
+        pass
+
+    def log_step(self, *_, **__) -> None:
+        pass
+
+    def add_artifact(self, **_) -> int:
+        return 0
 
 
 def _checkpoint_extra(store: RunStore, run_id: int) -> dict:

@@ -82,3 +82,80 @@ def test_noise_is_added_once_in_total(tmp_path):
     n = noise.numel()  # 40 steps x 83 parameters
     target = sigma * C / 24  # expected batch q N = 24
     assert abs(noise.std().item() / target - 1) < 5 / math.sqrt(2 * n)  # noise twice would give sqrt(2)
+
+
+def test_dpplat_train_nproc_2_stores_one_run_with_the_single_process_epsilon(tmp_path, capfd):
+    from dpplat.cli import main
+    from dpplat.store import RunStore
+
+    common = ["train", "--dataset", "mnist", "--model", "mlp", "--epsilon", "3", "--epochs", "1", "--batch-size", "128",
+              "--subset", "1024", "--test-subset", "200", "--accountant", "rdp", "--quiet"]
+    assert main([*common, "--nproc", "2", "--store", str(tmp_path / "two.db")]) == 0
+    assert "2 processes" in capfd.readouterr().out
+    assert main([*common, "--store", str(tmp_path / "one.db")]) == 0
+    two, one = RunStore(tmp_path / "two.db").runs(), RunStore(tmp_path / "one.db").runs()
+    assert len(two) == 1 and two[0].status == "finished" and two[0]["steps"] == one[0]["steps"] == 8
+    assert two[0].epsilon == pytest.approx(one[0].epsilon)
+    assert two[0].accuracy > 0.3
+
+
+def test_torchrun_entry_point(tmp_path):
+    """The multi-host path, on one host: torchrun starts the ranks, dpplat.distributed trains."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from dpplat.store import RunStore
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    store = tmp_path / "tr.db"
+    done = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "dpplat.distributed", "train",
+         "--dataset", "mnist", "--model", "mlp", "--epsilon", "3", "--epochs", "1", "--batch-size", "128",
+         "--subset", "512", "--test-subset", "100", "--accountant", "rdp", "--quiet", "--store", str(store)],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = RunStore(store).runs()
+    assert len(runs) == 1 and runs[0].status == "finished" and runs[0]["steps"] == 4
+
+
+def test_killing_one_rank_stops_the_run_with_a_clear_error_and_a_sound_store(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from dpplat.store import RunStore
+
+    store = tmp_path / "kill.db"
+    cli = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dpplat"), "train", "--nproc", "2", "--dataset", "mnist", "--model", "mlp",
+         "--sigma", "1.0", "--epsilon", "50", "--epochs", "50", "--batch-size", "64", "--subset", "2048",
+         "--test-subset", "100", "--accountant", "rdp", "--quiet", "--store", str(store)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def children(pid):
+        kids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                kids.append(int(stat.parent.name))
+        return sorted(kids)
+
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until training is under way
+        time.sleep(1)
+        if store.exists() and any(r["steps"] and r["steps"] > 5 for r in RunStore(store, read_only=True).runs()):
+            break
+    ranks = [p for p in children(cli.pid) if "spawn" in Path(f"/proc/{p}/cmdline").read_text(errors="ignore")]
+    assert len(ranks) >= 2, ranks
+    os.kill(ranks[-1], signal.SIGKILL)
+    _, err = cli.communicate(timeout=180)
+    assert cli.returncode == 2
+    assert "data-parallel training stopped" in err and "marked interrupted" in err
+    run = RunStore(store).runs()[0]  # the store opens and reads: not corrupt
+    assert run.status == "interrupted" and run["steps"] > 5
