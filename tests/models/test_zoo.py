@@ -8,26 +8,48 @@ from dpplat import PrivacyEngine, models
 from dpplat.models.equivariant import get_group
 
 
-@pytest.mark.parametrize("name,count", [("c4-cnn", 16514), ("d4-cnn", 32642), ("cnn", 26010), ("mlp", 269322)])
-def test_parameter_counts_match_the_registry_description(name, count):
+@pytest.mark.parametrize("name,count,shape", [
+    ("c4-cnn", 16514, (1, 28)), ("d4-cnn", 32642, (1, 28)), ("cnn", 26010, (1, 28)), ("mlp", 269322, (1, 28)),
+    ("d4-resnet9", 231498, (3, 32)), ("wrn-16-4", 2748890, (3, 32)),
+])
+def test_parameter_counts_match_the_registry_description(name, count, shape):
     info = models.info(name)
-    assert info.parameter_count() == count
+    assert info.parameter_count(in_channels=shape[0], image_size=shape[1]) == count
     assert f"{count:,}" in info.description or name in ("cnn", "mlp")
 
 
+INVARIANT_TO = {"c4-cnn": "C4", "d4-cnn": "D4", "d4-resnet9": "C4"}  # the ResNet restricts D4 to C4
+
+
 @pytest.mark.parametrize("name", [m.name for m in models.available() if m.family == "equivariant"])
-def test_equivariant_classifiers_are_invariant_to_their_group(name):
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_equivariant_classifiers_are_invariant_to_their_group(name, channels, size):
     torch.manual_seed(0)
-    model = models.create(name, num_classes=10, in_channels=1, image_size=28).double().eval()
-    group = get_group(models.info(name).group)
-    x = torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    model = models.create(name, num_classes=10, in_channels=channels, image_size=size).double().eval()
+    group = get_group(INVARIANT_TO[name])
+    x = torch.randn(2, channels, size, size, dtype=torch.float64)
     for g in range(group.order):
         assert (model(group.act(x, g)) - model(x)).abs().max() < 1e-10
 
 
 def test_unknown_model_lists_the_available_ones():
-    with pytest.raises(ValueError, match="available: c4-cnn, cnn, d4-cnn, mlp"):
+    with pytest.raises(ValueError, match="available: c4-cnn, cnn, d4-cnn, d4-resnet9, mlp, wrn-16-4"):
         models.create("resnet-1000")
+
+
+@pytest.mark.parametrize("name", ["d4-resnet9", "wrn-16-4"])
+def test_cifar_architectures_take_a_private_step(name):
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=10, in_channels=3, image_size=32)
+    data = TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    dp_model, opt, loader = PrivacyEngine().make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), data_loader=DataLoader(data, batch_size=4),
+        noise_multiplier=1.0, max_grad_norm=1.0)
+    x, y = next(iter(loader))
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(dp_model(x), y).backward()
+    opt.step()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_equivariant_model_trains_under_the_engine():

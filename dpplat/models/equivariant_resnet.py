@@ -1,0 +1,80 @@
+"""The D4 ResNet-9 of Hölzl, Rueckert & Kaissis (2023) and the WRN-16-4 GroupNorm baseline (De et al. 2022).
+
+Equivariant ResNet-9: lifting conv, group convs with field GroupNorm and Mish, two residual
+blocks, restriction from D4 to its rotation subgroup C4 in the last stage (a D4 regular
+field is exactly two C4 regular fields, so restriction only changes which group the next
+layers use), group pooling, invariant pooling and a linear head. Its logits are invariant
+to C4 (rotations by 90 degrees); images are zero-padded symmetrically to a multiple of 8.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from dpplat.models.equivariant import FieldGroupNorm, GroupConv2d, GroupPool, InvariantPool, LiftingConv2d
+from dpplat.models.registry import register_model
+
+
+def _norm_act(fields: int, group: str) -> list[nn.Module]:
+    return [FieldGroupNorm(math.gcd(8, fields), fields, group), nn.Mish()]
+
+
+class GroupResidual(nn.Module):
+    def __init__(self, fields: int, group: str) -> None:
+        super().__init__()
+        self.body = nn.Sequential(GroupConv2d(fields, fields, 3, group), *_norm_act(fields, group),
+                                  GroupConv2d(fields, fields, 3, group), *_norm_act(fields, group))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def equivariant_resnet9(width: int, num_classes: int, in_channels: int, image_size: int) -> nn.Sequential:
+    pad = (-image_size) % 8
+    w = width
+    return nn.Sequential(
+        nn.ZeroPad2d((pad // 2, pad - pad // 2, pad // 2, pad - pad // 2)),
+        LiftingConv2d(in_channels, w, 3, "D4"), *_norm_act(w, "D4"),
+        GroupConv2d(w, 2 * w, 3, "D4"), *_norm_act(2 * w, "D4"), nn.MaxPool2d(2),
+        GroupResidual(2 * w, "D4"),
+        GroupConv2d(2 * w, 4 * w, 3, "D4"), *_norm_act(4 * w, "D4"), nn.MaxPool2d(2),
+        # restriction D4 -> C4: 4w D4 fields are 8w C4 fields, same channels
+        GroupConv2d(8 * w, 4 * w, 3, "C4"), *_norm_act(4 * w, "C4"), nn.MaxPool2d(2),
+        GroupResidual(4 * w, "C4"),
+        GroupPool("C4"), InvariantPool(), nn.Linear(4 * w, num_classes),
+    )
+
+
+@register_model("d4-resnet9", family="equivariant", group="D4",
+                description="Hölzl et al.'s equivariant ResNet-9: D4 stages restricted to C4 in the last stage, "
+                            "field GroupNorm, Mish, residual blocks, group pooling; 231,498 parameters on CIFAR-10 "
+                            "(invariant to C4).")
+def d4_resnet9(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    return equivariant_resnet9(8, num_classes, in_channels, image_size)
+
+
+class WideBasic(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.GroupNorm(16, cin), nn.ReLU(), nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.GroupNorm(16, cout), nn.ReLU(), nn.Conv2d(cout, cout, 3, 1, 1, bias=False))
+        self.skip = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x):
+        return self.skip(x) + self.body(x)
+
+
+@register_model("wrn-16-4", family="plain",
+                description="Wide ResNet 16-4 with GroupNorm(16) instead of BatchNorm, as in De et al. (2022); "
+                            "2,748,890 parameters on CIFAR-10.")
+def wrn_16_4(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    widths, layers, cin = (64, 128, 256), [nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)], 16
+    for i, width in enumerate(widths):
+        for j in range(2):  # depth 16 = 6 * 2 + 4
+            layers.append(WideBasic(cin, width, 2 if (j == 0 and i > 0) else 1))
+            cin = width
+    layers += [nn.GroupNorm(16, cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
+    return nn.Sequential(*layers)
