@@ -217,7 +217,7 @@ def train(
     else:
         run_id = resume
         done_steps = _resume(engine, store, run_id)
-    checkpoint = store.path.resolve().parent / "runs" / f"run-{run_id}" / "checkpoint.pt"
+    checkpoint = store.path.resolve().parent / "dpplat-work" / "runs" / f"run-{run_id}" / "checkpoint.pt"
     if resume is None:
         store.add_artifact(kind="checkpoint", path=checkpoint, run_id=run_id)
     ema = WeightEMA(model, build_model(config), config.ema_decay) if config.ema_decay else None

@@ -47,7 +47,7 @@ def plan_key(config: MIAConfig) -> str:
 
 def run_and_store(config: MIAConfig, store: RunStore, *, run_id: int | None = None, progress=None) -> tuple[int, dict]:
     """Run the audit in a work folder keyed by the plan (so a rerun resumes) and record it in the store."""
-    workdir = store.path.resolve().parent / "audits" / f"mia-{plan_key(config)}"
+    workdir = store.path.resolve().parent / "dpplat-work" / "audits" / f"mia-{plan_key(config)}"
     params = dataclasses.asdict(config)
     params["epsilon"] = None if math.isinf(config.epsilon) else config.epsilon
     audit_id = store.create_audit(kind="mia", params=params, run_id=run_id)
