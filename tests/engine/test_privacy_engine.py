@@ -208,6 +208,7 @@ class Holder(nn.Module):
         (nn.Sequential(nn.Linear(6, 4), nn.PReLU()), "no DP clipping rule"),
         (Holder(nn.Linear(6, 3)), "'<root>' (Holder)"),
         (nn.Sequential(nn.Embedding(5, 3, sparse=True)), "sparse=False"),
+        (nn.Sequential(nn.Embedding(5, 3, scale_grad_by_freq=True)), "scale_grad_by_freq"),
     ],
 )
 def test_unsupported_models_are_refused_with_the_module_named(model, message):

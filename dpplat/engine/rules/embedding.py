@@ -32,13 +32,13 @@ class EmbeddingRule(LayerRule):
             raise ValueError("Embedding(sparse=True) is not supported: use sparse=False (the clipped sum is dense).")
         if module.max_norm is not None:
             raise ValueError("Embedding(max_norm=...) renormalises weights in the forward; use max_norm=None.")
+        if module.scale_grad_by_freq:
+            raise ValueError("Embedding(scale_grad_by_freq=True) scales gradients by batch counts; use False.")
 
     def forward(self, module: nn.Embedding, x: torch.Tensor) -> torch.Tensor:
-        return F.embedding(x, module.weight.detach(), module.padding_idx, None, 2.0, module.scale_grad_by_freq, False)
+        return F.embedding(x, module.weight.detach(), module.padding_idx, None, 2.0, False, False)
 
     def norm_sq(self, ctx: RuleContext) -> torch.Tensor:
-        if ctx.module.scale_grad_by_freq:
-            raise ValueError("Embedding(scale_grad_by_freq=True) is not supported under DP; use False.")
         idx, G = _fold(ctx)
         n, T = idx.shape
         out = G.new_empty(n)

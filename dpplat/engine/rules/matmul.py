@@ -49,12 +49,6 @@ def weight_norm_sq(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def instantiate(A: torch.Tensor, G: torch.Tensor) -> bool:
-    """Whether per-sample gradients are the cheaper route to the norms (T > 1 and no ghost)."""
-    T, p, q = A.shape[1], A.shape[2], G.shape[2]
-    return T > 1 and not use_ghost_norm(T, p, q)
-
-
 def per_sample_weight_chunks(A: torch.Tensor, G: torch.Tensor):
     """Chunks of per-sample weight gradients ``G_i^T A_i``, shape (chunk, q, p)."""
     N, p, q = A.shape[0], A.shape[2], G.shape[2]

@@ -82,13 +82,10 @@ class ExpandedConvRule(LayerRule):
         module = ctx.module
         if not (trainable(module, "weight") and (module.bias is None or trainable(module, "bias"))):
             return self.clipped_grads(ctx, clip_factors(self.norm_sq(ctx), bound))
-        # Base bias gradients are small: gather them whole, stream the weight chunks.
-        chunks = list(self._chunks(ctx)) if module.bias is not None else None
-        if chunks is None:
-            return fused_sum.clip_and_sum(((r, w) for r, w, _ in self._chunks(ctx)), "weight",
-                                          module.weight.shape, {}, bound, ctx.x)
-        small = {"bias": torch.cat([b for _, _, b in chunks])}
-        return fused_sum.clip_and_sum(((r, w) for r, w, _ in chunks), "weight", module.weight.shape,
+        # Base bias gradients are small (samples x fields): form them whole; stream the weight chunks.
+        bias_expanded = self._bias_expanded(ctx)
+        small = {"bias": _pull_bias_batch(module, bias_expanded)} if bias_expanded is not None else {}
+        return fused_sum.clip_and_sum(((r, w) for r, w, _ in self._chunks(ctx)), "weight", module.weight.shape,
                                       small, bound, ctx.x)
 
 
