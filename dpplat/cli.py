@@ -105,7 +105,7 @@ def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
 
 
 def _add_audit_parser(sub) -> None:
-    p = sub.add_parser("audit", help="measure privacy: empirical epsilon from membership inference")
+    p = sub.add_parser("audit", help="measure privacy (membership inference) or attack a model's stateful defenses")
     verbs = p.add_subparsers(dest="verb", required=True)
     e = verbs.add_parser("estimate", help="epsilon interval from an attack's error counts")
     e.add_argument("--fp", type=int, required=True, help="false positives (non-members called members)")
@@ -133,6 +133,23 @@ def _add_audit_parser(sub) -> None:
     m.add_argument("--run", type=int, metavar="RUN_ID", help="audit with a stored run's training configuration")
     m.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
     m.add_argument("--data-dir")
+    o = verbs.add_parser("oars", help="black-box attacks against stateful defenses, standard and OARS form")
+    o.add_argument("--run", type=int, metavar="RUN_ID", help="attack the model of a stored training run")
+    o.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10"], default=None)
+    o.add_argument("--model", default=None, help="zoo model to train (non-private) and attack, when no --run")
+    o.add_argument("--defense", default=None, help="blacklight, piha, stateful-detection, none, or a comma list")
+    o.add_argument("--attack", default=None, help="nes, square, hsja, qeba, surfree, boundary, or a comma list")
+    o.add_argument("--mode", choices=["standard", "oars", "both"], default=None)
+    o.add_argument("--images", type=int, default=None)
+    o.add_argument("--budget", type=int, default=None, help="queries per image, rejected ones included")
+    o.add_argument("--eps-linf", type=float, default=None)
+    o.add_argument("--eps-l2", type=float, default=None, help="L2 budget, normalised by sqrt(pixels)")
+    o.add_argument("--policy", choices=["reject", "silent", "flush", "ban-count"], default=None)
+    o.add_argument("--backend", choices=["local", "ray"], default=None)
+    o.add_argument("--workers", type=int, default=None)
+    o.add_argument("--seed", type=int, default=None)
+    o.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
+    o.add_argument("--data-dir")
     r = verbs.add_parser("run", help="run an audit plan (audits/NAME.toml)")
     r.add_argument("plan")
     r.add_argument("--store")
@@ -157,6 +174,7 @@ def _audit(args: argparse.Namespace) -> int:
             print(f"{label:<18}{r.low:>10.4f}{r.high:>10.4f}{r.width:>10.4f}{r.lower_bound:>24.4f}")
         return 0
 
+    from dpplat.audits.defense_audit import DefenseAuditConfig, format_table
     from dpplat.audits.mia import MIAConfig, format_report
     from dpplat.audits.plans import parse_epsilon, load_plan, run_and_store
     from dpplat.store import RunStore
@@ -168,6 +186,9 @@ def _audit(args: argparse.Namespace) -> int:
         config = load_plan(args.plan)
         if args.backend:
             config.backend = args.backend
+    elif args.verb == "oars":
+        config = _defense_audit_config(args, store)
+        run_id = config.run_id
     else:
         config = MIAConfig()
         if args.run is not None:
@@ -189,9 +210,31 @@ def _audit(args: argparse.Namespace) -> int:
         if args.epochs is not None:
             config.train.epochs = args.epochs
     audit_id, results = run_and_store(config, store, run_id=run_id, progress=lambda m: print(m, file=sys.stderr))
-    print(format_report(results))
+    print(format_table(results) if isinstance(config, DefenseAuditConfig) else format_report(results))
     print(f"Audit {audit_id} stored in {store.path.resolve()}")
     return 0
+
+
+def _defense_audit_config(args: argparse.Namespace, store):
+    from dpplat.audits.defense_audit import DefenseAuditConfig
+
+    config = DefenseAuditConfig()
+    if args.run is not None:
+        run = store.get_run(args.run)
+        config.run_id, config.dataset, config.model = args.run, run.dataset, run.model
+    split = lambda value: [v.strip() for v in value.split(",") if v.strip()]  # noqa: E731
+    if args.defense is not None:
+        config.defenses = split(args.defense)
+    if args.attack is not None:
+        config.attacks = split(args.attack)
+    if args.mode is not None:
+        config.modes = ["standard", "oars"] if args.mode == "both" else [args.mode]
+    for name in ("dataset", "model", "images", "budget", "eps_linf", "eps_l2", "policy", "backend", "workers", "seed",
+                 "data_dir"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    config.validate()
+    return config
 
 
 def _add_demo_parser(sub) -> None:

@@ -33,3 +33,12 @@ def test_audit_a_model(tmp_path, capsys):
                                           "--base-size", "300", "--epochs", "8", "--workdir", str(tmp_path)])
     assert results["bayes"]["lower_bound"] > 0
     assert "claimed epsilon inf vs empirical lower bound" in capsys.readouterr().out
+
+
+def test_attack_a_defense(tmp_path, capsys):
+    outcomes = load("attack_a_defense").main(["--attack", "nes", "--images", "2", "--budget", "5000", "--epochs", "1",
+                                              "--workdir", str(tmp_path)])
+    assert all(r.stopped == "rejected" and not r.success for r in outcomes["standard"])
+    assert any(r.success for r in outcomes["oars"])
+    out = capsys.readouterr().out
+    assert "Blacklight flags" in out and "nes oars" in out

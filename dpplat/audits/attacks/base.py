@@ -1,0 +1,347 @@
+"""What every black-box attack shares: the oracle, the result, the registry and the OARS machinery.
+
+One codebase serves both forms of each attack. The attack code asks the
+:class:`Oracle` for answers; in the *standard* form the oracle ends the attack at the
+first rejected query (the paper's baseline), in the *OARS* form it hands the rejection
+back and the attack adapts:
+
+- Stage 1 (:func:`calibrate_knobs`), before attacking: every attack declares the
+  knobs that set how far its queries move (NES: sigma and minimum step; HSJA/QEBA:
+  the gradient-estimation radius; Square: square size and count; SurFree: minimum
+  angle; Boundary: minimum spherical step) and a probe, i.e. how it would perturb
+  the input with a given knob value. A binary search finds the smallest value whose
+  probes are rejected at most ``target_rate`` of the time, and that value becomes
+  the knob's floor.
+- Stage 2, in the loop: :meth:`Attack.accepted` redraws rejected proposals (up to
+  ``max_resamples`` rounds) so estimates use accepted directions only; a rejected
+  step is rolled back and retried; a boundary search ends at the last known
+  adversarial point. The history fills as the attack goes on, so a floor that was
+  enough at the start stops being enough: when over half of the last
+  ``escalate_window`` queries were rejected, every knob's floor doubles (up to the
+  knob's high end). This is stage 1's measurement repeated on the attack's own queries.
+
+Images are tensors in [0, 1]; distances are L2 normalised by sqrt(d), or L-infinity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from dpplat.audits.defenses.base import StatefulDefense
+
+MODES = ("standard", "oars")
+
+
+class AttackStopped(Exception):
+    """Raised by the oracle to end an attack: ``reason`` is "budget" or "rejected"."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Oracle:
+    """One user's view of a defended model for one image: answers, a query budget, and rejections."""
+
+    def __init__(self, defense: StatefulDefense, *, label: int, target: int | None = None, budget: int = 100_000,
+                 mode: str = "standard") -> None:
+        if budget <= 0:
+            raise ValueError(f"the query budget must be a positive number of queries, got {budget}.")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}.")
+        self.defense, self.label, self.target, self.budget, self.mode = defense, label, target, budget, mode
+        self.queries = 0
+        self.rejections = 0
+        self.watch: Callable[[int, int], None] | None = None
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.queries
+
+    def scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class log-probabilities and the rejected mask for a batch; counts every query, rejected or not."""
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if len(x) > self.remaining:
+            raise AttackStopped("budget")
+        response = self.defense.query(x)
+        self.queries += len(x)
+        self.rejections += int(response.rejected.sum())
+        if self.mode == "standard" and bool(response.rejected.any()):
+            raise AttackStopped("rejected")
+        if self.watch is not None:
+            self.watch(len(x), int(response.rejected.sum()))
+        return response.log_probs, response.rejected
+
+    def is_adversarial_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        predicted = scores.argmax(1)
+        return predicted == self.target if self.target is not None else predicted != self.label
+
+    def adversarial(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decision-based access: is each query adversarial (targeted or not), and was it rejected."""
+        scores, rejected = self.scores(x)
+        return self.is_adversarial_scores(scores) & ~rejected, rejected
+
+
+@dataclass
+class Knob:
+    """A step-size knob for OARS stage 1: larger values move queries further and are rejected less.
+
+    ``attribute`` is the attack's attribute that holds the floor; ``probe(attack, x, around, value, n, generator)``
+    returns ``n`` queries that perturb ``around`` as the attack would with that value. ``around`` is
+    ``x`` unless the knob has a ``base(attack, x, generator)``: a point queried first (and so stored
+    by the defense) that the attack's later proposals move away from, e.g. Square's stripes.
+    """
+
+    attribute: str
+    low: float
+    high: float
+    probe: Callable
+    integer: bool = False
+    base: Callable | None = None
+
+
+@dataclass
+class AttackResult:
+    success: bool
+    queries: int
+    rejections: int
+    distance: float
+    stopped: str
+    x_adv: torch.Tensor | None = None
+    knobs: dict = field(default_factory=dict)
+
+    def as_record(self) -> dict:
+        return {"success": self.success, "queries": self.queries, "rejections": self.rejections,
+                "distance": None if math.isinf(self.distance) else self.distance, "stopped": self.stopped,
+                "knobs": self.knobs}
+
+
+def distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-image distance: L2 divided by sqrt(d), or L-infinity."""
+    diff = (a - b).flatten(1) if a.dim() == 4 else (a - b).flatten().unsqueeze(0)
+    if norm == "l2":
+        return diff.norm(dim=1) / math.sqrt(diff.shape[1])
+    return diff.abs().amax(dim=1)
+
+
+class Attack:
+    """Base of every attack. Subclasses set ``norm``, ``targeted``, ``knobs`` and implement ``_run``.
+
+    ``_run(oracle, x, start)`` improves ``self.best`` (via :meth:`consider`) and returns when done;
+    the oracle's :class:`AttackStopped` ends it early, and the best point so far is the result.
+    """
+
+    name = "attack"
+    norm = "l2"
+    targeted = False
+    needs_start = False  # decision-based attacks start from an adversarial image the harness supplies
+    knobs: tuple[Knob, ...] = ()
+
+    def __init__(self, *, eps: float = 0.05, target_rate: float = 0.05, probes: int = 20, search_steps: int = 8,
+                 max_resamples: int = 20, escalate_window: int = 100, seed: int = 0) -> None:
+        if eps <= 0:
+            raise ValueError(f"eps must be positive, got {eps}.")
+        if not 0 <= target_rate < 1:
+            raise ValueError(f"target_rate must be in [0, 1), got {target_rate}.")
+        self.eps, self.target_rate, self.probes, self.search_steps = eps, target_rate, probes, search_steps
+        self.max_resamples, self.escalate_window = max_resamples, escalate_window
+        self.seed = seed
+
+    # ---- helpers for subclasses ----------------------------------------------------
+    def consider(self, x: torch.Tensor, candidates: torch.Tensor, adversarial: torch.Tensor) -> None:
+        """Keep the closest adversarial candidate seen so far as ``self.best``."""
+        if not bool(adversarial.any()):
+            return
+        d = distance(candidates[adversarial], x.expand_as(candidates[adversarial]), self.norm)
+        i = int(d.argmin())
+        if float(d[i]) < self.best_distance:
+            self.best_distance = float(d[i])
+            self.best = candidates[adversarial][i].clone()
+
+    def done(self) -> bool:
+        return self.best_distance <= self.eps * (1 + 1e-5)  # float32 rounding at the ball's edge
+
+    def accepted(self, oracle: Oracle, propose: Callable[[int], torch.Tensor], n: int,
+                 group: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query ``n`` proposals; in OARS form redraw rejected ones (stage 2). Returns (proposals, scores, index).
+
+        ``propose(m)`` returns ``m * group`` queries laid out as ``group`` blocks of ``m``; a proposal
+        counts as accepted only if all its ``group`` queries are (NES's antithetic pairs: group=2).
+        ``index`` numbers the accepted proposals in draw order.
+        """
+        kept_x, kept_p = [], []
+        need, rounds = n, 0
+        while need > 0 and rounds <= self.max_resamples:
+            batch = propose(need)
+            scores, rejected = oracle.scores(batch)
+            ok = ~rejected.view(group, need).any(0)
+            kept_x.append(batch.view(group, need, *batch.shape[1:])[:, ok])
+            kept_p.append(scores.view(group, need, -1)[:, ok])
+            need -= int(ok.sum())
+            rounds += 1
+        xs = torch.cat(kept_x, dim=1)
+        ps = torch.cat(kept_p, dim=1)
+        return xs, ps, torch.arange(xs.shape[1])
+
+    def check_start(self, oracle: Oracle, start: torch.Tensor) -> None:
+        """Confirm the start image is adversarial (one query); a rejected check proves nothing either way."""
+        adv, rejected = oracle.adversarial(start.unsqueeze(0))
+        if not bool(adv[0]) and not bool(rejected[0]):
+            raise ValueError("the start image is not adversarial for this model; pick one the model labels as the "
+                             "target class (or any other class when untargeted).")
+
+    def boundary_search(self, oracle, x: torch.Tensor, adversarial: torch.Tensor, tolerance: float) -> torch.Tensor:
+        """Binary search on the segment x -> adversarial for the boundary, keeping the adversarial end."""
+        low, high = 0.0, 1.0  # blend weight on the adversarial end
+        while high - low > tolerance:
+            mid = (low + high) / 2
+            adv, rejected = oracle.adversarial(((1 - mid) * x + mid * adversarial).unsqueeze(0))
+            if bool(rejected[0]):
+                break  # OARS: stop at the last known adversarial point
+            if bool(adv[0]):
+                high = mid
+            else:
+                low = mid
+        point = (1 - high) * x + high * adversarial
+        self.consider(x, point.unsqueeze(0), torch.tensor([True]))
+        return point
+
+    def _watch(self, queries: int, rejected: int) -> None:
+        """OARS: double every floor when more than half of the recent queries were rejected."""
+        self._window[0] += queries
+        self._window[1] += rejected
+        if self._window[0] < self.escalate_window:
+            return
+        if 2 * self._window[1] > self._window[0]:
+            for knob in self.knobs:
+                value = self.floors.get(knob.attribute, knob.low)
+                self.floors[knob.attribute] = min(value + 1 if knob.integer else value * 2, knob.high)
+            self.escalations += 1
+        self._window = [0, 0]
+
+    def generator(self, image_index: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + image_index)
+
+    # ---- the driver ------------------------------------------------------------------
+    def _run(self, oracle: Oracle, x: torch.Tensor, start: torch.Tensor | None) -> None:
+        raise NotImplementedError
+
+    def attack(self, defense: StatefulDefense, x: torch.Tensor, label: int, *, target: int | None = None,
+               start: torch.Tensor | None = None, mode: str = "standard", budget: int = 100_000,
+               image_index: int = 0) -> AttackResult:
+        """Attack one image behind ``defense``; the defense's history is reset first."""
+        if x.dim() != 3:
+            raise ValueError(f"attack one image (C, H, W) at a time, got shape {tuple(x.shape)}.")
+        if x.min() < 0 or x.max() > 1:
+            raise ValueError("the image must be pixel values in [0, 1] (unnormalised).")
+        if self.targeted and target is None:
+            raise ValueError(f"{self.name} is a targeted attack: pass target=CLASS.")
+        if self.needs_start and start is None:
+            raise ValueError(f"{self.name} is decision-based: pass start=, an image the model already classifies "
+                             "as the goal (the target class, or any other class when untargeted).")
+        defense.reset()
+        self.rng = self.generator(image_index)
+        self.best, self.best_distance = None, math.inf
+        self.floors: dict[str, float] = {}
+        self.reference_radius = float((start - x).norm()) if start is not None else 1.0
+        oracle = Oracle(defense, label=label, target=target if self.targeted else None, budget=budget, mode=mode)
+        stopped, stage1 = "finished", {}
+        try:
+            if mode == "oars":
+                self.floors = calibrate_knobs(self, oracle, x)
+                stage1 = dict(self.floors)
+                self._window, self.escalations = [0, 0], 0
+                oracle.watch = self._watch
+            self._run(oracle, x, start)
+            if self.done():
+                stopped = "success"
+        except AttackStopped as stop:
+            stopped = stop.reason
+        success = self.best is not None and self.done()
+        knobs = {"stage1": stage1, "final": dict(self.floors), "escalations": getattr(self, "escalations", 0)} \
+            if mode == "oars" else {}
+        return AttackResult(success, oracle.queries, oracle.rejections, self.best_distance, stopped, self.best, knobs)
+
+    def floor(self, attribute: str, value: float) -> float:
+        """A knob's value, raised to the floor OARS stage 1 found (if any)."""
+        return max(value, self.floors.get(attribute, value))
+
+
+def calibrate_knobs(attack: Attack, oracle: Oracle, x: torch.Tensor) -> dict[str, float]:
+    """OARS stage 1: for each knob in turn, the smallest value whose probes are rarely rejected."""
+    floors: dict[str, float] = {}
+    for knob in attack.knobs:
+        attack.floors = floors
+
+        around = x
+        if knob.base is not None:
+            around = knob.base(attack, x, attack.rng).clamp(0, 1)
+            oracle.scores(around)
+
+        def rate(value: float) -> float:
+            probes = knob.probe(attack, x, around, value, attack.probes, attack.rng).clamp(0, 1)
+            _, rejected = oracle.scores(probes)
+            return float(rejected.float().mean())
+
+        low, high = knob.low, knob.high
+        if rate(high) > attack.target_rate:  # even the largest value is rejected: use it, stage 2 copes
+            floors[knob.attribute] = high
+            continue
+        for _ in range(attack.search_steps):
+            if knob.integer and high - low <= 1:
+                break
+            mid = (low + high) // 2 if knob.integer else math.sqrt(low * high)
+            if rate(mid) <= attack.target_rate:
+                high = mid
+            else:
+                low = mid
+        floors[knob.attribute] = high
+    return floors
+
+
+_ATTACKS: dict[str, type[Attack]] = {}
+
+
+def register_attack(name: str):
+    """Class decorator: make an attack available to ``create_attack`` and the CLI under ``name``."""
+
+    def wrap(cls: type[Attack]) -> type[Attack]:
+        cls.name = name
+        _ATTACKS[name] = cls
+        return cls
+
+    return wrap
+
+
+def available_attacks() -> list[str]:
+    return sorted(_ATTACKS)
+
+
+def attack_class(name: str) -> type[Attack]:
+    try:
+        return _ATTACKS[name]
+    except KeyError:
+        raise ValueError(f"unknown attack {name!r}; available: {', '.join(available_attacks())}.") from None
+
+
+def create_attack(name: str, **params) -> Attack:
+    return attack_class(name)(**params)
+
+
+def random_sign(shape, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=generator).float() * 2 - 1
+
+
+def unit(v: torch.Tensor) -> torch.Tensor:
+    """Each row (first axis) scaled to unit L2 norm."""
+    flat = v.flatten(1)
+    return (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(v)
+
+
+__all__ = ["Attack", "AttackResult", "AttackStopped", "Knob", "MODES", "Oracle", "available_attacks",
+           "calibrate_knobs", "create_attack", "distance", "random_sign", "register_attack", "unit"]

@@ -1,0 +1,79 @@
+"""HopSkipJump (Chen, Jordan & Wainwright 2020): targeted L2 decision-based attack.
+
+From an image the model already labels as the target, a binary search finds the
+decision boundary between it and the input. Each iteration estimates the boundary's
+normal from ``B`` random unit directions at radius ``delta`` (B grows as
+``init_evals * sqrt(t)`` up to ``max_evals``), takes a geometric step along it,
+and binary-searches back to the boundary.
+
+OARS form: stage 1 sets a floor on the gradient-estimation radius ``delta``; rejected
+directions are redrawn and the estimate uses accepted ones only; a rejected step
+counts as a failed step (the step halves); a binary search that hits a rejection ends
+at the last known adversarial point.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dpplat.audits.attacks.base import Attack, Knob, register_attack, unit
+
+
+def _probe_radius(attack, x, around, value, n, generator):
+    return around + value * attack.directions(n, x.shape, generator)
+
+
+@register_attack("hsja")
+class HopSkipJump(Attack):
+    norm = "l2"
+    targeted = True
+    needs_start = True
+    knobs = (Knob("min_delta", 1e-4, 20.0, _probe_radius),)
+
+    def __init__(self, *, eps: float = 0.05, init_evals: int = 100, max_evals: int = 1000, gamma: float = 1.0,
+                 max_iterations: int = 1000, step_halvings: int = 20, min_delta: float = 0.0, **common) -> None:
+        super().__init__(eps=eps, **common)
+        self.init_evals, self.max_evals, self.gamma = init_evals, max_evals, gamma
+        self.max_iterations, self.step_halvings, self.min_delta = max_iterations, step_halvings, min_delta
+
+    def directions(self, n: int, shape, generator: torch.Generator) -> torch.Tensor:
+        """Unit L2 directions for the gradient estimate (QEBA overrides this)."""
+        return unit(torch.randn((n, *shape), generator=generator))
+
+    def _run(self, oracle, x, start) -> None:
+        d = x.numel()
+        theta = self.gamma / (d * math.sqrt(d))
+        self.check_start(oracle, start)
+        x_adv = self.boundary_search(oracle, x, start, theta)
+        for t in range(1, self.max_iterations + 1):
+            if self.done():
+                return
+            dist = float((x_adv - x).norm())
+            delta = self.floor("min_delta", max(math.sqrt(d) * theta * dist, self.min_delta))
+            evals = int(min(self.init_evals * math.sqrt(t), self.max_evals))
+
+            def propose(m: int) -> torch.Tensor:
+                return (x_adv + delta * self.directions(m, x.shape, self.rng)).clamp(0, 1)
+
+            points, scores, _ = self.accepted(oracle, propose, evals)
+            if points.shape[1] == 0:
+                continue
+            u = (points[0] - x_adv) / delta
+            phi = oracle.is_adversarial_scores(scores[0]).float() * 2 - 1
+            if phi.mean().abs() == 1:  # all on one side: no baseline to subtract
+                grad = (phi.view(-1, 1, 1, 1) * u).mean(0)
+            else:
+                grad = ((phi - phi.mean()).view(-1, 1, 1, 1) * u).mean(0)
+            v = grad / grad.norm().clamp_min(1e-12)
+            step = dist / math.sqrt(t)
+            for _ in range(self.step_halvings):
+                candidate = (x_adv + step * v).clamp(0, 1)
+                adv, rejected = oracle.adversarial(candidate.unsqueeze(0))
+                if bool(adv[0]):
+                    break
+                step /= 2  # a failed or (OARS) rejected step is rolled back and retried shorter
+            else:
+                continue
+            x_adv = self.boundary_search(oracle, x, candidate, theta)

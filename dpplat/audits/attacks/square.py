@@ -1,0 +1,109 @@
+"""Square Attack (Andriushchenko et al. 2020): untargeted L-infinity random search with square updates.
+
+It starts from vertical stripes of +-eps, then repeatedly proposes setting a random
+square window of the perturbation to +-eps (per channel) and keeps the proposal when
+the margin loss (log p_true - max other log p) drops; it succeeds when the margin is
+negative. The square's side follows the paper's schedule: the fraction ``p`` of pixels
+halves at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 (of 10,000).
+
+OARS form: stage 1 sets floors on the square side (``min_square``) and the number of
+squares per proposal (``squares``); a rejected proposal is redrawn.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dpplat.audits.attacks.base import Attack, Knob, random_sign, register_attack
+
+_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def _paint(attack, delta: torch.Tensor, side: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``delta`` (C, H, W) with ``count`` random squares of ``side`` set to +-eps per channel."""
+    delta = delta.clone()
+    c, h, w = delta.shape
+    side = max(1, min(side, h // 2, w // 2))
+    for _ in range(count):
+        r = int(torch.randint(0, h - side + 1, (1,), generator=generator))
+        q = int(torch.randint(0, w - side + 1, (1,), generator=generator))
+        delta[:, r:r + side, q:q + side] = attack.eps * random_sign((c, 1, 1), generator)
+    return delta
+
+
+def _stripes(attack, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The paper's initial perturbation: vertical stripes of +-eps, one sign per column and channel."""
+    c, h, w = x.shape
+    return attack.eps * random_sign((c, 1, w), generator).expand(c, h, w).clone()
+
+
+def _base(attack, x, generator):
+    return x + _stripes(attack, x, generator)
+
+
+def _probe_side(attack, x, around, value, n, generator):
+    count = int(attack.floors.get("squares", 1))
+    return torch.stack([x + _paint(attack, around - x, int(value), count, generator) for _ in range(n)])
+
+
+def _probe_count(attack, x, around, value, n, generator):
+    side = int(attack.floors.get("min_square", 1))
+    return torch.stack([x + _paint(attack, around - x, side, int(value), generator) for _ in range(n)])
+
+
+def _margin(scores: torch.Tensor, label: int) -> torch.Tensor:
+    logp = scores
+    other = logp.clone()
+    other[:, label] = -math.inf
+    return logp[:, label] - other.amax(1)
+
+
+@register_attack("square")
+class Square(Attack):
+    norm = "linf"
+
+    def __init__(self, *, eps: float = 0.05, p_init: float = 0.05, iterations: int = 10_000, min_square: int = 1,
+                 squares: int = 1, **common) -> None:
+        super().__init__(eps=eps, **common)
+        if not 0 < p_init <= 1:
+            raise ValueError(f"p_init is a fraction of the pixels in (0, 1], got {p_init}.")
+        self.p_init, self.iterations, self.min_square, self.squares = p_init, iterations, min_square, squares
+        # Sides above half the image leave too few distinct positions: the proposals repeat each other.
+        self.knobs = (Knob("min_square", 1, 16, _probe_side, integer=True, base=_base),
+                      Knob("squares", 1, 16, _probe_count, integer=True, base=_base))
+
+    def side(self, i: int, h: int, w: int) -> int:
+        p = self.p_init / 2 ** sum(i * 10_000 // max(self.iterations, 1) > t for t in _SCHEDULE)
+        return max(int(round(math.sqrt(p * h * w))), 1)
+
+    def _run(self, oracle, x, start) -> None:
+        c, h, w = x.shape
+        delta = _stripes(self, x, self.rng)
+
+        def propose_from(current: torch.Tensor, side: int, count: int):
+            return lambda m: torch.stack([(x + _paint(self, current, side, count, self.rng)).clamp(0, 1)
+                                          for _ in range(m)])
+
+        scores, rejected = oracle.scores((x + delta).clamp(0, 1))
+        for _ in range(self.max_resamples):  # OARS: a rejected stripe pattern is redrawn
+            if not bool(rejected[0]):
+                break
+            delta = _stripes(self, x, self.rng)
+            scores, rejected = oracle.scores((x + delta).clamp(0, 1))
+        margin = float(_margin(scores.view(1, -1), oracle.label)[0])
+        self.consider(x, (x + delta).clamp(0, 1).unsqueeze(0), torch.tensor([margin < 0]))
+        for i in range(self.iterations):
+            if self.done():
+                return
+            side = max(self.side(i, h, w), int(self.floor("min_square", self.min_square)))
+            count = int(self.floor("squares", self.squares))
+            xs, scores, _ = self.accepted(oracle, propose_from(delta, side, count), 1)
+            if xs.shape[1] == 0:
+                continue
+            candidate, scores = xs[0, 0], scores[0]
+            new_margin = float(_margin(scores, oracle.label)[0])
+            if new_margin < margin:
+                margin, delta = new_margin, candidate - x
+                self.consider(x, candidate.unsqueeze(0), torch.tensor([margin < 0]))

@@ -1,0 +1,73 @@
+"""The model a defense audit attacks: a trained classifier seen in pixel space [0, 1].
+
+Training normalises inputs by the dataset's mean and std; attacks and defenses work
+on raw pixels, so the classifier is wrapped to normalise on the way in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from dpplat import data as datasets
+from dpplat.store import RunStore
+from dpplat.training import TrainConfig, build_model, fit
+
+
+class PixelClassifier(nn.Module):
+    """``model`` preceded by the dataset's normalisation, so it takes pixels in [0, 1]."""
+
+    def __init__(self, model: nn.Module, dataset: str) -> None:
+        super().__init__()
+        info = datasets.DATASETS[dataset]
+        self.model = model.eval()
+        self.register_buffer("mean", torch.tensor(info.mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(info.std).view(1, -1, 1, 1))
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+def pixel_images(dataset: str, split: str, *, subset: int | None = None, seed: int = 0,
+                 data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [0, 1] (N, C, H, W) and labels."""
+    ds = datasets.load_dataset(dataset, split, subset=subset, seed=seed, data_dir=data_dir, normalize=False)
+    return ds.tensors
+
+
+def load_run_model(store: RunStore, run_id: int) -> tuple[PixelClassifier, str]:
+    """The model a stored training run produced (its EMA weights when it kept them)."""
+    run = store.get_run(run_id)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in run.config.items() if k in fields})
+    paths = [a["path"] for a in store.artifacts(run_id=run_id, kind="checkpoint")]
+    if not paths or not Path(paths[-1]).exists():
+        raise FileNotFoundError(f"run {run_id} has no checkpoint file (looked for {paths or 'a checkpoint artifact'}); "
+                                "train it again or pass --model and --dataset instead of --run.")
+    state = torch.load(paths[-1], map_location="cpu", weights_only=False)
+    model = build_model(config)
+    ema = state.get("extra", {}).get("ema")
+    model.load_state_dict(ema if ema is not None else state["module"])
+    return PixelClassifier(model, config.dataset), config.dataset
+
+
+def train_target(dataset: str, model: str = "cnn", *, epochs: int = 2, subset: int | None = 20000, seed: int = 0,
+                 data_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> PixelClassifier:
+    """A quickly trained, non-private classifier to put behind a defense (cached by its settings)."""
+    config = TrainConfig(dataset=dataset, model=model, epochs=epochs, subset=subset, seed=seed, data_dir=data_dir,
+                         optimizer="adam", lr=1e-3, batch_size=128, epsilon=None, sigma=0.0)
+    path = Path(cache_dir) / f"target-{dataset}-{model}-e{epochs}-n{subset}-s{seed}.pt" if cache_dir else None
+    net = build_model(config)
+    if path is not None and path.exists():
+        net.load_state_dict(torch.load(path, map_location="cpu"))
+    else:
+        train_set = datasets.load_dataset(dataset, "train", data_dir=data_dir, subset=subset, seed=seed)
+        net = fit(config, train_set, private=False)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(net.state_dict(), path)
+    return PixelClassifier(net, dataset)

@@ -1,0 +1,138 @@
+"""Black-box attacks: each succeeds with no defense, each standard form stops at a rejection,
+and OARS stage 1 finds a rejection radius we set."""
+
+import math
+
+import pytest
+import torch
+
+from dpplat.audits.attacks import available_attacks, create_attack
+from dpplat.audits.defenses import StatefulDefense, create_defense
+
+ATTACKS = ["nes", "square", "hsja", "qeba", "surfree", "boundary"]
+
+
+class RadiusDefense(StatefulDefense):
+    """A synthetic defense: a hit is any query within L2 ``radius`` of an accepted one."""
+
+    def __init__(self, model, *, input_shape, radius, **kw):
+        super().__init__(model, input_shape=input_shape, **kw)
+        self.radius = radius
+        self._clear()
+
+    def _clear(self):
+        self.stored = []
+
+    def _digest(self, x):
+        return x.flatten(1)
+
+    def _lookup(self, digests, i):
+        if not self.stored:
+            return False, None
+        d = (torch.stack(self.stored) - digests[i]).norm(dim=1)
+        return bool(d.min() < self.radius), int(d.argmin())
+
+    def _remember(self, digests, i):
+        self.stored.append(digests[i])
+
+
+class RejectAfter(StatefulDefense):
+    """Accepts the first ``n`` queries, rejects everything after."""
+
+    def __init__(self, model, *, input_shape, n, **kw):
+        super().__init__(model, input_shape=input_shape, **kw)
+        self.n = n
+
+    def _clear(self):
+        pass
+
+    def _digest(self, x):
+        return None
+
+    def _lookup(self, digests, i):
+        return self.stats.queries > self.n, None
+
+    def _remember(self, digests, i):
+        pass
+
+
+def setting(name, mnist_model, mnist_test, i):
+    """Image i of the test set, a target, and a start image the model labels as the goal."""
+    x, y = mnist_test
+    predicted = mnist_model(x).argmax(1)
+    correct = torch.nonzero(predicted == y).flatten()
+    index = int(correct[i])
+    label = int(y[index])
+    target = (label + 1) % 10
+    attack = create_attack(name, eps=0.3 if name in ("nes", "square") else 0.15, seed=1)
+    goal = (predicted == target) if attack.targeted else (predicted != label)
+    start = x[torch.nonzero(goal & (predicted == y)).flatten()[i]]
+    return attack, x[index], label, target, start
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_each_attack_succeeds_without_a_defense(name, mnist_model, mnist_test):
+    defense = create_defense("none", mnist_model, input_shape=(1, 28, 28))
+    for i in range(2):
+        attack, x, label, target, start = setting(name, mnist_model, mnist_test, i)
+        result = attack.attack(defense, x, label, target=target, start=start, budget=20_000, image_index=i)
+        assert result.success, (name, result.stopped, result.distance, result.queries)
+        assert result.distance <= attack.eps * (1 + 1e-5) and result.queries <= 20_000
+        predicted = int(mnist_model(result.x_adv.unsqueeze(0)).argmax())
+        assert predicted == target if attack.targeted else predicted != label
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_each_standard_attack_stops_at_the_first_rejection(name, mnist_model, mnist_test):
+    defense = RejectAfter(mnist_model, input_shape=(1, 28, 28), n=5)
+    attack, x, label, target, start = setting(name, mnist_model, mnist_test, 0)
+    attack.eps = 0.03  # too small to win within the five accepted queries
+    result = attack.attack(defense, x, label, target=target, start=start, budget=20_000)
+    assert result.stopped == "rejected" and result.rejections >= 1
+    assert result.queries <= 5 + 1000  # the batch holding the first rejection, at most
+    oars = attack.attack(defense, x, label, target=target, start=start, mode="oars", budget=2_000)
+    assert oars.stopped != "rejected" and oars.queries >= 1_000, "the OARS form carries on past rejections"
+
+
+@pytest.mark.parametrize("name,attribute,scale", [("hsja", "min_delta", 1.0), ("nes", "sigma", math.sqrt(784)),
+                                                  ("boundary", "min_spherical", 1.0)])
+def test_oars_stage_one_recovers_the_rejection_radius(name, attribute, scale, mnist_model, mnist_test):
+    """Probes are rejected exactly when within ``radius`` of the input, so the floor lands on the radius."""
+    radius = 2.0
+    defense = RadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=radius)
+    attack, x, label, target, start = setting(name, mnist_model, mnist_test, 0)
+    x = 0.25 + 0.5 * x  # away from 0 and 1, so clamping does not shorten the probes
+    attack.search_steps = 16
+    result = attack.attack(defense, x, label, target=target, start=start, mode="oars", budget=2_000)
+    assert result.knobs["stage1"][attribute] * scale == pytest.approx(radius, rel=0.08)
+
+
+def test_oars_beats_blacklight_where_the_standard_form_fails(mnist_model, mnist_test):
+    defense = create_defense("blacklight", mnist_model, input_shape=(1, 28, 28))
+    attack, x, label, target, _ = setting("nes", mnist_model, mnist_test, 0)
+    standard = attack.attack(defense, x, label, target=target, budget=5_000)
+    oars = attack.attack(defense, x, label, target=target, mode="oars", budget=5_000)
+    assert not standard.success and standard.stopped == "rejected"
+    assert oars.success and oars.rejections > 0
+
+
+def test_bad_inputs_are_refused_clearly(mnist_model, mnist_test):
+    defense = create_defense("none", mnist_model, input_shape=(1, 28, 28))
+    x = mnist_test[0][0]
+    with pytest.raises(ValueError, match="unknown attack 'nse'"):
+        create_attack("nse")
+    with pytest.raises(ValueError, match="budget"):
+        create_attack("square").attack(defense, x, 1, budget=0)
+    with pytest.raises(ValueError, match="one image"):
+        create_attack("square").attack(defense, x.unsqueeze(0), 1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        create_attack("square").attack(defense, x * 255, 1)
+    with pytest.raises(ValueError, match="targeted"):
+        create_attack("nes").attack(defense, x, 1)
+    with pytest.raises(ValueError, match="start="):
+        create_attack("hsja").attack(defense, x, 1, target=2)
+    with pytest.raises(ValueError, match="mode"):
+        create_attack("square").attack(defense, x, 1, mode="adaptive")
+    with pytest.raises(ValueError, match="eps"):
+        create_attack("square", eps=0)
+    assert set(ATTACKS) <= set(available_attacks())

@@ -1,0 +1,63 @@
+"""The defense audit end to end: CLI, plans, the store, resumption, and the dashboard page that reads it."""
+
+from pathlib import Path
+
+import pytest
+
+from dpplat.audits.defense_audit import DefenseAuditConfig
+from dpplat.audits.plans import load_plan
+from dpplat.cli import main
+from dpplat.store import RunStore
+
+PLANS = Path(__file__).resolve().parents[2] / "audits"
+
+
+def test_cli_runs_stores_and_resumes(tmp_path, capsys, monkeypatch):
+    store = tmp_path / "s.db"
+    argv = ["audit", "oars", "--dataset", "mnist", "--defense", "blacklight,none", "--attack", "nes", "--mode", "both",
+            "--images", "2", "--budget", "3000", "--workers", "1", "--store", str(store)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "blacklight" in out and "false positives" in out
+    audit = RunStore(store).audits(kind="oars")[0]
+    summaries = {(s["defense"], s["mode"]): s for s in audit["results"]["summaries"]}
+    assert set(summaries) == {("blacklight", "standard"), ("blacklight", "oars"), ("none", "standard"),
+                              ("none", "oars")}
+    assert summaries[("blacklight", "standard")]["success_rate"] == 0.0
+    assert summaries[("blacklight", "standard")]["mean_rejections"] >= 1
+    assert summaries[("blacklight", "oars")]["success_rate"] > 0
+    assert summaries[("none", "standard")]["mean_rejections"] == 0
+    assert audit["results"]["defenses"]["blacklight"]["false_positive_rate"] <= 0.01
+    records = Path(audit["results"]["records_path"])
+    assert records.exists()
+    # the same audit again reuses every finished job
+    assert main(argv) == 0
+    assert "4 jobs (4 already done)" in capsys.readouterr().err
+
+    from tests.dashboard.test_app import open_page
+
+    at = open_page(monkeypatch, store, "defense_audit")
+    table = at.dataframe[0].value
+    assert set(table["defense"]) == {"blacklight", "none"} and set(table["mode"]) == {"standard", "oars"}
+    assert any("false positives" in c.value for c in at.caption)
+
+
+def test_shipped_plans_cover_every_defense_and_attack_in_both_modes():
+    for name in ("oars-mnist.toml", "oars-cifar10.toml"):
+        config = load_plan(PLANS / name)
+        assert isinstance(config, DefenseAuditConfig)
+        assert set(config.defenses) == {"none", "blacklight", "piha", "stateful-detection"}
+        assert set(config.attacks) == {"nes", "square", "hsja", "qeba", "surfree", "boundary"}
+        assert config.modes == ["standard", "oars"] and config.budget == 100_000
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--defense", "blackligth"], "unknown defense 'blackligth'"),
+    (["--attack", "nse"], "unknown attack 'nse'"),
+    (["--budget", "0"], "budget must be positive"),
+    (["--images", "0"], "images must be at least 1"),
+])
+def test_bad_flags_get_clear_errors(tmp_path, capsys, flags, message):
+    assert main(["audit", "oars", "--store", str(tmp_path / "s.db"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not RunStore(tmp_path / "s.db").audits(), "nothing is stored for a refused audit"
