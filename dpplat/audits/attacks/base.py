@@ -140,6 +140,7 @@ class Attack:
     norm = "l2"
     targeted = False
     needs_start = False  # decision-based attacks start from an adversarial image the harness supplies
+    length_knob: str | None = None  # the knob whose floor is an L2 length (it bounds binary searches)
     knobs: tuple[Knob, ...] = ()
 
     def __init__(self, *, eps: float = 0.05, target_rate: float = 0.05, probes: int = 20, search_steps: int = 8,
@@ -196,12 +197,22 @@ class Attack:
                              "target class (or any other class when untargeted).")
 
     def boundary_search(self, oracle, x: torch.Tensor, adversarial: torch.Tensor, tolerance: float) -> torch.Tensor:
-        """Binary search on the segment x -> adversarial for the boundary, keeping the adversarial end."""
+        """Binary search on the segment x -> adversarial for the boundary, keeping the adversarial end.
+
+        In OARS form, for attacks whose floor is an L2 length (``length_knob``), the search also
+        stops once the bracket is shorter than that floor: closer queries would be rejected.
+        """
         low, high = 0.0, 1.0  # blend weight on the adversarial end
+        self.search_cut_short = False
+        length = float((adversarial - x).norm())
+        floor = self.floors.get(self.length_knob) if self.length_knob else None
+        if floor and length > 0:
+            tolerance = max(tolerance, min(floor / length, 0.5))
         while high - low > tolerance:
             mid = (low + high) / 2
             adv, rejected = oracle.adversarial(((1 - mid) * x + mid * adversarial).unsqueeze(0))
             if bool(rejected[0]):
+                self.search_cut_short = True
                 break  # OARS: stop at the last known adversarial point
             if bool(adv[0]):
                 high = mid

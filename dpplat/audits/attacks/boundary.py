@@ -7,8 +7,8 @@ stepped candidate is kept. Each step size adapts to its own success rate, as in 
 paper: the spherical step to how often the sphere point stays adversarial, the source
 step to how often the step towards the input does (grow above one half, shrink below).
 
-OARS form: stage 1 sets a floor on the size of the spherical move (L2, ``min_spherical``);
-rejected candidates are redrawn.
+OARS form: stage 1 sets a floor on the size of the moves (L2, ``min_spherical``), for the
+spherical move and the step towards the input alike; rejected candidates are redrawn.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ def _probe_step(attack, x, around, value, n, generator):
 class Boundary(Attack):
     norm = "l2"
     needs_start = True
+    length_knob = "min_spherical"
     knobs = (Knob("min_spherical", 1e-3, 20.0, _probe_step),)
 
     def __init__(self, *, eps: float = 0.05, spherical_step: float = 0.01, source_step: float = 0.01,
-                 candidates: int = 10, adapt_every: int = 10, max_iterations: int = 20_000, **common) -> None:
+                 candidates: int = 10, adapt_every: int = 10, max_iterations: int = 1_000_000, **common) -> None:
         super().__init__(eps=eps, **common)
         self.spherical_step, self.source_step, self.candidates = spherical_step, source_step, candidates
         self.adapt_every, self.max_iterations = adapt_every, max_iterations
@@ -53,8 +54,10 @@ class Boundary(Attack):
                 eta = unit(eta) * max(spherical * dist, floor)
                 on_sphere = diff + eta
                 on_sphere = on_sphere * (dist / on_sphere.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
-                # each candidate is queried twice: on the sphere, and after the step towards x
-                return torch.cat([x + on_sphere, x + on_sphere * (1 - source)]).clamp(0, 1)
+                # each candidate is queried twice: on the sphere, and after the step towards x (which in
+                # OARS form also moves at least the floor, or it would be a near-duplicate of the first)
+                toward = min(max(source, floor / dist), 0.5)
+                return torch.cat([x + on_sphere, x + on_sphere * (1 - toward)]).clamp(0, 1)
 
             points, scores, _ = self.accepted(oracle, propose, self.candidates, group=2)
             if points.shape[1] == 0:

@@ -9,7 +9,8 @@ and binary-searches back to the boundary.
 OARS form: stage 1 sets a floor on the gradient-estimation radius ``delta``; rejected
 directions are redrawn and the estimate uses accepted ones only; a rejected step
 counts as a failed step (the step halves); a binary search that hits a rejection ends
-at the last known adversarial point.
+at the last known adversarial point, and a step that ends farther from the input than
+it started is rolled back.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class HopSkipJump(Attack):
     norm = "l2"
     targeted = True
     needs_start = True
+    length_knob = "min_delta"
     knobs = (Knob("min_delta", 1e-4, 20.0, _probe_radius),)
 
     def __init__(self, *, eps: float = 0.05, init_evals: int = 100, max_evals: int = 1000, gamma: float = 1.0,
@@ -76,4 +78,6 @@ class HopSkipJump(Attack):
                 step /= 2  # a failed or (OARS) rejected step is rolled back and retried shorter
             else:
                 continue
-            x_adv = self.boundary_search(oracle, x, candidate, theta)
+            found = self.boundary_search(oracle, x, candidate, theta)
+            if not self.search_cut_short or float((found - x).norm()) < dist:
+                x_adv = found  # a search cut short by a rejection that ends farther out is rolled back

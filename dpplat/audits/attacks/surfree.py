@@ -38,7 +38,7 @@ class SurFree(Attack):
 
     def __init__(self, *, eps: float = 0.05, theta_max: float = math.radians(30), evals: int = 4,
                  refine_steps: int = 10, ratio: int = 2, memory: int = 10, min_angle: float = 1e-3,
-                 max_iterations: int = 20_000, **common) -> None:
+                 max_iterations: int = 1_000_000, **common) -> None:
         super().__init__(eps=eps, **common)
         self.theta_max, self.evals, self.refine_steps, self.ratio = theta_max, evals, refine_steps, ratio
         self.memory, self.min_angle, self.max_iterations = memory, min_angle, max_iterations
