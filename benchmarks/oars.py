@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from dpplat.audits.defense_audit import DefenseAuditConfig, _build_defense, load_target, prepare_target, \
+from dpplat.audits.defense_audit import DefenseAuditConfig, _build_defense, collect, load_target, plan_jobs, \
     run_defense_audit
 from dpplat.audits.target import pixel_images
 
@@ -32,9 +32,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def throughput(config: DefenseAuditConfig, workdir: Path, queries: int = 2000) -> list[dict]:
-    """Detection alone (the model's forward pass excluded) and end to end, in queries per second."""
+    """Detection alone (the model's forward pass excluded) and end to end, in queries per second.
+
+    Without a trained target in ``workdir`` an untrained one of the same architecture is used:
+    the cost of a forward pass does not depend on the weights."""
     torch.set_num_threads(1)
-    model = load_target(workdir / "target.pt")
+    if (workdir / "target.pt").exists():
+        model = load_target(workdir / "target.pt")
+    else:
+        from dpplat.audits.defense_audit import _target_config
+        from dpplat.audits.target import PixelClassifier
+        from dpplat.training import build_model
+
+        model = PixelClassifier(build_model(_target_config(config)), config.dataset)
     x, _ = pixel_images(config.dataset, "test", subset=queries, seed=21, data_dir=config.data_dir)
     logits = model(x)
     rows = []
@@ -50,23 +60,27 @@ def throughput(config: DefenseAuditConfig, workdir: Path, queries: int = 2000) -
     return rows
 
 
-def markdown(results: dict, rates: list[dict], config: DefenseAuditConfig, wall: float) -> str:
-    lines = [f"### {config.dataset}: {config.images} images, budget {config.budget:,} queries, "
+def markdown(results: dict, rates: list[dict], config: DefenseAuditConfig, wall: float, summarised: bool) -> str:
+    machine = ("tabulated from the job files of a run made elsewhere" if summarised else
+               f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {wall / 60:.1f} min wall time")
+    lines = [f"### {config.dataset}: up to {config.images} images a cell, budget {config.budget:,} queries, "
              f"eps L-inf {config.eps('linf')}, eps L2/sqrt(d) {config.eps('l2')}",
-             "", f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {wall / 60:.1f} min wall time",
-             "", "| defense | attack | mode | success | mean queries (successes) | median | mean rejections "
-             "| queries if banned |", "|---|---|---|---|---|---|---|---|"]
+             "", machine,
+             "", "| defense | attack | mode | images | success | mean queries (successes) | median | mean rejections "
+             "| queries if banned |", "|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
     for s in results["summaries"]:
-        lines.append(f"| {s['defense']} | {s['attack']} | {s['mode']} | {100 * s['success_rate']:.0f}% | "
+        lines.append(f"| {s['defense']} | {s['attack']} | {s['mode']} | {s['images']} | {100 * s['success_rate']:.0f}% | "
                      f"{fmt(s['mean_queries'])} | {fmt(s['median_queries'])} | {fmt(s['mean_rejections'])} | "
                      f"{fmt(s['mean_queries_if_banned'])} |")
-    lines += ["", "| defense | false positives (1,000 benign test images) |", "|---|---|"]
-    for name, cal in results["defenses"].items():
-        lines.append(f"| {name} | {100 * cal['false_positive_rate']:.1f}% |")
-    lines += ["", "| defense | measured | queries/s (one core) |", "|---|---|---|"]
-    for r in rates:
-        lines.append(f"| {r['defense']} | {r['measured']} | {r['queries_per_s']:,.0f} |")
+    if results["defenses"]:
+        lines += ["", "| defense | false positives (1,000 benign test images) |", "|---|---|"]
+        for name, cal in results["defenses"].items():
+            lines.append(f"| {name} | {100 * cal['false_positive_rate']:.1f}% |")
+    if rates:
+        lines += ["", "| defense | measured | queries/s (one core) |", "|---|---|---|"]
+        for r in rates:
+            lines.append(f"| {r['defense']} | {r['measured']} | {r['queries_per_s']:,.0f} |")
     return "\n".join(lines)
 
 
@@ -75,21 +89,38 @@ def main(argv=None) -> dict:
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--defenses", default="none,blacklight,piha,stateful-detection")
     parser.add_argument("--attacks", default="nes,square,hsja,qeba,surfree,boundary")
+    parser.add_argument("--modes", default="standard,oars")
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--budget", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work-oars"))
     parser.add_argument("--out", default=None, help="write the Markdown table here")
+    parser.add_argument("--workers-of-run", type=int, default=None,
+                        help="with --summarise: the worker count the run used (it names the job files)")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="only measure the defenses' queries per second and false positives")
+    parser.add_argument("--summarise", action="store_true",
+                        help="only tabulate the job files already in --workdir (a run cut short), run nothing")
     args = parser.parse_args(argv)
     config = DefenseAuditConfig(dataset=args.dataset, defenses=args.defenses.split(","),
-                                attacks=args.attacks.split(","), images=args.images, budget=args.budget,
+                                attacks=args.attacks.split(","), modes=args.modes.split(","), images=args.images, budget=args.budget,
                                 workers=args.workers)
     workdir = Path(args.workdir) / args.dataset
     started = time.time()
-    results = run_defense_audit(config, workdir, progress=lambda m: print(m, flush=True))
+    if args.throughput_only:
+        workdir.mkdir(parents=True, exist_ok=True)
+        rates = throughput(config, workdir)
+        for r in rates:
+            print(f"{config.dataset:<10}{r['defense']:<20}{r['measured']:<16}{r['queries_per_s']:>10,.0f} queries/s")
+        return {"throughput": rates}
+    if args.summarise:
+        results = collect(config, workdir, plan_jobs(config, workdir, args.workers_of_run or args.workers or 1))
+        results["defenses"], rates = {}, []
+    else:
+        results = run_defense_audit(config, workdir, progress=lambda m: print(m, flush=True))
+        rates = throughput(config, workdir)
     wall = time.time() - started
-    rates = throughput(config, workdir)
-    table = markdown(results, rates, config, wall)
+    table = markdown(results, rates, config, wall, args.summarise)
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")

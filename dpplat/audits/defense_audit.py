@@ -222,7 +222,17 @@ def run_defense_audit(config: DefenseAuditConfig, workdir: str | Path, *, model:
         say(f"{name}: {cal.false_positives}/{cal.benign_images} benign test images flagged "
             f"({100 * cal.false_positive_rate:.1f}% false positives)")
     backend = make_backend(config.backend, workers=config.workers)
-    workers = getattr(backend, "workers", 1)
+    jobs = plan_jobs(config, workdir, getattr(backend, "workers", 1))
+    todo = [j for j in jobs if not Path(j["out"]).exists()]
+    say(f"{len(jobs)} jobs ({len(jobs) - len(todo)} already done) on the {backend.name} backend")
+    backend.map(run_cell, todo)
+    results = collect(config, workdir, jobs)
+    results.update(defenses=calibrations, wall_seconds=time.time() - started)
+    return results
+
+
+def plan_jobs(config: DefenseAuditConfig, workdir: Path, workers: int) -> list[dict]:
+    """One job per (defense, attack, mode) and chunk of images; each writes its own keyed file."""
     chunks = [c.tolist() for c in np.array_split(np.arange(config.images), max(1, min(workers, config.images)))]
     jobs = []
     for defense in config.defenses:
@@ -232,26 +242,29 @@ def run_defense_audit(config: DefenseAuditConfig, workdir: str | Path, *, model:
                     out = workdir / f"{defense}-{attack}-{mode}-{k}-of-{len(chunks)}.json"
                     jobs.append({"config": dataclasses.asdict(config), "workdir": str(workdir), "defense": defense,
                                  "attack": attack, "mode": mode, "images": chunk, "out": str(out)})
-    todo = [j for j in jobs if not Path(j["out"]).exists()]
-    say(f"{len(jobs)} jobs ({len(jobs) - len(todo)} already done) on the {backend.name} backend")
-    backend.map(run_cell, todo)
+    return jobs
+
+
+def collect(config: DefenseAuditConfig, workdir: Path, jobs: list[dict]) -> dict:
+    """Summaries and per-image records from the jobs' files; cells whose jobs are missing are left out
+    (so a run cut short can still be summarised: each summary says how many images it covers)."""
     summaries, records = [], []
     for defense in config.defenses:
         for attack in config.attacks:
             for mode in config.modes:
                 cell = []
                 for job in jobs:
-                    if (job["defense"], job["attack"], job["mode"]) == (defense, attack, mode):
+                    if (job["defense"], job["attack"], job["mode"]) == (defense, attack, mode) \
+                            and Path(job["out"]).exists():
                         cell += json.loads(Path(job["out"]).read_text())
+                if not cell:
+                    continue
                 cls = attack_class(attack)
                 summaries.append({"defense": defense, "attack": attack, "mode": mode, "norm": cls.norm,
                                   "eps": config.eps(cls.norm), **summarise(cell)})
                 records += [{"defense": defense, "attack": attack, "mode": mode, **r} for r in cell]
-    results = {"summaries": summaries, "defenses": calibrations, "budget": config.budget,
-               "wall_seconds": time.time() - started}
     (workdir / "records.json").write_text(json.dumps(records))
-    results["records_path"] = str(workdir / "records.json")
-    return results
+    return {"summaries": summaries, "budget": config.budget, "records_path": str(workdir / "records.json")}
 
 
 def format_table(results: dict) -> str:

@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 
 from dpplat.audits.defenses.base import StatefulDefense
+from dpplat.audits.registry import Registry
 
 MODES = ("standard", "oars")
 
@@ -315,29 +316,20 @@ def calibrate_knobs(attack: Attack, oracle: Oracle, x: torch.Tensor) -> dict[str
     return floors
 
 
-_ATTACKS: dict[str, type[Attack]] = {}
+ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
 def register_attack(name: str):
     """Class decorator: make an attack available to ``create_attack`` and the CLI under ``name``."""
-
-    def wrap(cls: type[Attack]) -> type[Attack]:
-        cls.name = name
-        _ATTACKS[name] = cls
-        return cls
-
-    return wrap
+    return ATTACKS.register(name)
 
 
 def available_attacks() -> list[str]:
-    return sorted(_ATTACKS)
+    return ATTACKS.names()
 
 
 def attack_class(name: str) -> type[Attack]:
-    try:
-        return _ATTACKS[name]
-    except KeyError:
-        raise ValueError(f"unknown attack {name!r}; available: {', '.join(available_attacks())}.") from None
+    return ATTACKS.get(name)
 
 
 def create_attack(name: str, **params) -> Attack:

@@ -19,6 +19,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from dpplat.audits.registry import Registry
+
 POLICIES = ("reject", "silent", "flush", "ban-count")
 
 
@@ -170,27 +172,18 @@ class StatefulDefense:
         return float("nan")
 
 
-_DEFENSES: dict[str, type[StatefulDefense]] = {}
+DEFENSES: Registry[type[StatefulDefense]] = Registry("defense")
 
 
 def register_defense(name: str):
     """Class decorator: make a defense available to ``create_defense`` and the CLI under ``name``."""
-
-    def wrap(cls: type[StatefulDefense]) -> type[StatefulDefense]:
-        cls.name = name
-        _DEFENSES[name] = cls
-        return cls
-
-    return wrap
+    return DEFENSES.register(name)
 
 
 def available_defenses() -> list[str]:
-    return sorted(_DEFENSES)
+    return DEFENSES.names()
 
 
 def create_defense(name: str, model: Callable, *, input_shape: tuple[int, int, int], **kwargs) -> StatefulDefense:
-    try:
-        cls = _DEFENSES[name]
-    except KeyError:
-        raise ValueError(f"unknown defense {name!r}; available: {', '.join(available_defenses())}.") from None
+    cls = DEFENSES.get(name)
     return cls(model, input_shape=input_shape, **kwargs)
