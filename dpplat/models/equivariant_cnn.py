@@ -1,15 +1,19 @@
 """Equivariant CNNs for the zoo (Hölzl, Rueckert & Kaissis 2023): a lifting layer, group convolutions,
-field-wise GroupNorm and Mish, then group pooling and global pooling, so logits are invariant."""
+field-wise GroupNorm and Mish, then group pooling and an orbit-averaged linear head, so logits are invariant.
+
+The head: global average pooling made the first version learn slowly (27% MNIST test accuracy after one
+non-private epoch on 10k images, against 95% for the plain CNN); averaging the map over the group and
+keeping its position (``OrbitPool``) gave 89% in the same run with a flatten head."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from dpplat.models.equivariant import FieldGroupNorm, GroupConv2d, GroupPool, InvariantPool, LiftingConv2d
+from dpplat.models.equivariant import FieldGroupNorm, GroupConv2d, GroupPool, LiftingConv2d, OrbitPool
 from dpplat.models.registry import register_model
 
 
-def equivariant_cnn(group: str, width: int, num_classes: int, in_channels: int) -> nn.Sequential:
+def equivariant_cnn(group: str, width: int, num_classes: int, in_channels: int, image_size: int) -> nn.Sequential:
     def block(conv, fields):
         return [conv, FieldGroupNorm(min(4, fields), fields, group), nn.Mish()]
 
@@ -18,19 +22,20 @@ def equivariant_cnn(group: str, width: int, num_classes: int, in_channels: int) 
         *block(GroupConv2d(width, width, 3, group), width), nn.MaxPool2d(2),
         *block(GroupConv2d(width, 2 * width, 3, group), 2 * width),
         *block(GroupConv2d(2 * width, 2 * width, 3, group), 2 * width), nn.MaxPool2d(2),
-        GroupPool(group), InvariantPool(), nn.Linear(2 * width, num_classes),
+        GroupPool(group), OrbitPool(group), nn.Flatten(),
+        nn.Linear(2 * width * ((image_size // 4 + 1) // 2) ** 2, num_classes),
     )
 
 
 @register_model("c4-cnn", family="equivariant", group="C4",
                 description="C4 group CNN, 4 group-conv layers of 8-8-16-16 fields, Mish, field GroupNorm, "
-                            "invariant pooling; 16,514 parameters on MNIST.")
+                            "an orbit-averaged linear head; 18,914 parameters on MNIST.")
 def c4_cnn(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
-    return equivariant_cnn("C4", 8, num_classes, in_channels)
+    return equivariant_cnn("C4", 8, num_classes, in_channels, image_size)
 
 
 @register_model("d4-cnn", family="equivariant", group="D4",
                 description="D4 group CNN, 4 group-conv layers of 8-8-16-16 fields, Mish, field GroupNorm, "
-                            "invariant pooling; 32,642 parameters on MNIST.")
+                            "an orbit-averaged linear head; 35,042 parameters on MNIST.")
 def d4_cnn(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
-    return equivariant_cnn("D4", 8, num_classes, in_channels)
+    return equivariant_cnn("D4", 8, num_classes, in_channels, image_size)

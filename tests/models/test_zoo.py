@@ -9,7 +9,7 @@ from dpplat.models.equivariant import get_group
 
 
 @pytest.mark.parametrize("name,count,shape", [
-    ("c4-cnn", 16514, (1, 28)), ("d4-cnn", 32642, (1, 28)), ("cnn", 26010, (1, 28)), ("mlp", 269322, (1, 28)),
+    ("c4-cnn", 18914, (1, 28)), ("d4-cnn", 35042, (1, 28)), ("cnn", 26010, (1, 28)), ("mlp", 269322, (1, 28)),
     ("d4-resnet9", 231498, (3, 32)), ("wrn-16-4", 2748890, (3, 32)),
 ])
 def test_parameter_counts_match_the_registry_description(name, count, shape):

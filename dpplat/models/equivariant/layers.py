@@ -146,6 +146,28 @@ class GroupPool(nn.Module):
         return y.amax(2) if self.mode == "max" else y.mean(2)
 
 
+class OrbitPool(nn.Module):
+    """Average a plain feature map over the group's spatial transformations, then keep one quadrant.
+
+    The average is invariant to the group acting on the input (the map rotates with it), yet, unlike
+    global pooling, it keeps where on the image a feature fired, up to the symmetry. Every orbit of
+    pixels under 90-degree turns (and flips) meets the top-left ceil(H/2) x ceil(W/2) block, so that
+    block holds all the averaged map's information with a quarter of the entries: a linear head on
+    it needs four times fewer weights (and DP-SGD four times less noise) than one on the whole map.
+    """
+
+    def __init__(self, group="D4") -> None:
+        super().__init__()
+        self.group = get_group(group) if isinstance(group, str) else group
+
+    def forward(self, x):
+        if x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"OrbitPool needs square feature maps, got {tuple(x.shape[-2:])}.")
+        mean = sum(self.group.act(x, g) for g in range(self.group.order)) / self.group.order
+        half = (x.shape[-1] + 1) // 2
+        return mean[..., :half, :half]
+
+
 class InvariantPool(nn.Module):
     """Global average over space (after group pooling: invariant to the group's transformations)."""
 
