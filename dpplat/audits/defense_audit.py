@@ -24,7 +24,7 @@ from dpplat import data as datasets
 from dpplat.audits.attacks import MODES, attack_class, available_attacks, create_attack
 from dpplat.audits.backends import BACKENDS, make_backend
 from dpplat.audits.defenses import available_defenses, create_defense
-from dpplat.audits.target import PixelClassifier, pixel_images
+from dpplat.audits.target import PixelClassifier, pixel_images, target_config
 from dpplat.training import TrainConfig, build_model, fit
 
 # Perturbation budgets when the plan gives none: the paper's CIFAR-10 values, and the usual MNIST ones.
@@ -91,9 +91,8 @@ def config_key(config: DefenseAuditConfig) -> str:
 
 
 def _target_config(config: DefenseAuditConfig) -> TrainConfig:
-    return TrainConfig(dataset=config.dataset, model=config.model, epochs=config.target_epochs,
-                       subset=config.target_subset, seed=config.seed, data_dir=config.data_dir, optimizer="adam",
-                       lr=1e-3, batch_size=128, epsilon=None, sigma=0.0)
+    return target_config(config.dataset, config.model, epochs=config.target_epochs, subset=config.target_subset,
+                         seed=config.seed, data_dir=config.data_dir)
 
 
 def prepare_target(config: DefenseAuditConfig, workdir: Path, model: torch.nn.Module | None = None) -> Path:
@@ -128,15 +127,13 @@ def _build_defense(name: str, model, config: DefenseAuditConfig, workdir: Path):
     return create_defense(name, model, input_shape=shape, policy=config.policy, seed=config.seed, **params)
 
 
-def choose_images(model: PixelClassifier, config: DefenseAuditConfig) -> dict:
+def choose_images(model: PixelClassifier, config: DefenseAuditConfig) -> list[dict]:
     """Correctly classified test images, a target class for each, and a start image for decision attacks.
 
     Start images are other test images the model already labels as the goal (the target class,
     or any other class); choosing them is the attacker's preparation and is not counted as queries.
     """
-    pool = max(2000, 4 * config.images)
-    x, y = pixel_images(config.dataset, "test", subset=min(pool, 10_000), seed=config.seed + 7,
-                        data_dir=config.data_dir)
+    x, y = image_pool(config)
     predicted = torch.cat([model(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
     correct = torch.nonzero(predicted == y).flatten()
     if len(correct) < config.images + 10:
@@ -155,7 +152,14 @@ def choose_images(model: PixelClassifier, config: DefenseAuditConfig) -> dict:
         records.append({"index": i, "label": label, "target": target,
                         "start_targeted": int(rng.choice(targeted_pool)) if targeted_pool else None,
                         "start_untargeted": int(rng.choice(untargeted_pool))})
-    return {"x": x, "records": records}
+    return records
+
+
+def image_pool(config: DefenseAuditConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images an audit draws from (a fixed, seeded subset)."""
+    pool = max(2000, 4 * config.images)
+    return pixel_images(config.dataset, "test", subset=min(pool, 10_000), seed=config.seed + 7,
+                        data_dir=config.data_dir)
 
 
 def run_cell(job: dict) -> str:
@@ -168,11 +172,11 @@ def run_cell(job: dict) -> str:
     cls = attack_class(job["attack"])
     attack = create_attack(job["attack"], eps=config.eps(cls.norm), seed=config.seed,
                            **config.attack_params.get(job["attack"], {}))
-    chosen = choose_images(model, config)
-    x = chosen["x"]
+    chosen = json.loads((workdir / "images.json").read_text())  # chosen once, by run_defense_audit
+    x, _ = image_pool(config)
     records = []
     for n in job["images"]:
-        image = chosen["records"][n]
+        image = chosen[n]
         start_index = image["start_targeted"] if cls.targeted else image["start_untargeted"]
         started = time.time()
         if cls.needs_start and start_index is None:
@@ -213,6 +217,8 @@ def run_defense_audit(config: DefenseAuditConfig, workdir: str | Path, *, model:
     workdir.mkdir(parents=True, exist_ok=True)
     say(f"target model: {'given' if model is not None else f'training {config.model} on {config.dataset}'}")
     target = load_target(prepare_target(config, workdir, model))
+    if not (workdir / "images.json").exists():
+        (workdir / "images.json").write_text(json.dumps(choose_images(target, config)))
     calibrations = {}
     benign, _ = pixel_images(config.dataset, "test", subset=config.calibration_images, seed=config.seed + 11,
                              data_dir=config.data_dir)

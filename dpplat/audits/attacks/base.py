@@ -169,12 +169,11 @@ class Attack:
         return self.best_distance <= self.eps * (1 + 1e-5)  # float32 rounding at the ball's edge
 
     def accepted(self, oracle: Oracle, propose: Callable[[int], torch.Tensor], n: int,
-                 group: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Query ``n`` proposals; in OARS form redraw rejected ones (stage 2). Returns (proposals, scores, index).
+                 group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query ``n`` proposals; in OARS form redraw rejected ones (stage 2). Returns (proposals, scores).
 
         ``propose(m)`` returns ``m * group`` queries laid out as ``group`` blocks of ``m``; a proposal
         counts as accepted only if all its ``group`` queries are (NES's antithetic pairs: group=2).
-        ``index`` numbers the accepted proposals in draw order.
         """
         kept_x, kept_p = [], []
         need, rounds = n, 0
@@ -188,7 +187,7 @@ class Attack:
             rounds += 1
         xs = torch.cat(kept_x, dim=1)
         ps = torch.cat(kept_p, dim=1)
-        return xs, ps, torch.arange(xs.shape[1])
+        return xs, ps
 
     def check_start(self, oracle: Oracle, start: torch.Tensor) -> None:
         """Confirm the start image is adversarial (one query); a rejected check proves nothing either way."""

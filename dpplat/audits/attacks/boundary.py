@@ -59,7 +59,7 @@ class Boundary(Attack):
                 toward = min(max(source, floor / dist), 0.5)
                 return torch.cat([x + on_sphere, x + on_sphere * (1 - toward)]).clamp(0, 1)
 
-            points, scores, _ = self.accepted(oracle, propose, self.candidates, group=2)
+            points, scores = self.accepted(oracle, propose, self.candidates, group=2)
             if points.shape[1] == 0:
                 continue
             on_sphere = oracle.is_adversarial_scores(scores[0])

@@ -59,7 +59,7 @@ class HopSkipJump(Attack):
             def propose(m: int) -> torch.Tensor:
                 return (x_adv + delta * self.directions(m, x.shape, self.rng)).clamp(0, 1)
 
-            points, scores, _ = self.accepted(oracle, propose, evals)
+            points, scores = self.accepted(oracle, propose, evals)
             if points.shape[1] == 0:
                 continue
             u = (points[0] - x_adv) / delta

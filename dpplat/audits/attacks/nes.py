@@ -60,7 +60,7 @@ class NES(Attack):
                 u = torch.randn((m, *x.shape), generator=self.rng)
                 return torch.cat([x_adv + sigma * u, x_adv - sigma * u]).clamp(0, 1)
 
-            pairs, pair_scores, _ = self.accepted(oracle, propose, self.samples // 2, group=2)
+            pairs, pair_scores = self.accepted(oracle, propose, self.samples // 2, group=2)
             if pairs.shape[1] == 0:
                 continue
             u = (pairs[0] - pairs[1]) / (2 * sigma)  # the accepted directions (clamping aside)

@@ -99,7 +99,7 @@ class Square(Attack):
                 return
             side = max(self.side(i, h, w), int(self.floor("min_square", self.min_square)))
             count = int(self.floor("squares", self.squares))
-            xs, scores, _ = self.accepted(oracle, propose_from(delta, side, count), 1)
+            xs, scores = self.accepted(oracle, propose_from(delta, side, count), 1)
             if xs.shape[1] == 0:
                 continue
             candidate, scores = xs[0, 0], scores[0]

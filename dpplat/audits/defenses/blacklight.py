@@ -76,6 +76,7 @@ class Blacklight(StatefulDefense):
         size = int(np.prod(self.input_shape))
         self.salt = (self.rng.random(size) * 255).astype(np.float32) if self.use_salt else np.zeros(size, np.float32)
         self.key = np.uint64(self.rng.integers(0, 2**63))
+        self._black = self.quantize(torch.zeros(1, *self.input_shape))  # what a black image quantises to (salted)
         self.index: dict[int, list] = {}  # hash -> [query ids (int32 array), how many are used]
         self.count = 0
 
@@ -89,8 +90,7 @@ class Blacklight(StatefulDefense):
         n_windows = levels.shape[1] - self.window + 1
         if not self.ignore_blank:
             return np.ones((len(levels), n_windows), dtype=bool)
-        black = self.quantize(torch.zeros(1, *self.input_shape))
-        lit = np.concatenate([np.zeros((len(levels), 1), np.int64), np.cumsum(levels != black, axis=1)], axis=1)
+        lit = np.concatenate([np.zeros((len(levels), 1), np.int64), np.cumsum(levels != self._black, axis=1)], axis=1)
         return lit[:, self.window:] > lit[:, :n_windows]
 
     def _digest(self, x: torch.Tensor) -> list[np.ndarray]:
