@@ -1,10 +1,11 @@
-"""The D4 ResNet-9 of Hölzl, Rueckert & Kaissis (2023) and the WRN-16-4 GroupNorm baseline (De et al. 2022).
+"""The D4 ResNet-9 of Hölzl, Rueckert & Kaissis (2023), its C4 and C8 variants, and the WRN-16-4
+GroupNorm baseline (De et al. 2022).
 
 Equivariant ResNet-9: lifting conv, group convs with field GroupNorm and Mish, two residual
-blocks, restriction from D4 to its rotation subgroup C4 in the last stage (a D4 regular
-field is exactly two C4 regular fields, so restriction only changes which group the next
-layers use), group pooling, invariant pooling and a linear head. Its logits are invariant
-to C4 (rotations by 90 degrees); images are zero-padded symmetrically to a multiple of 8.
+blocks, restriction to the rotation subgroup C4 in the last stage (a D4 or C8 regular field
+is exactly two C4 regular fields, ``Restrict``), group pooling, invariant pooling and a linear
+head. Its logits are invariant to C4 (rotations by 90 degrees); images are zero-padded
+symmetrically to a multiple of 8. C8 uses steerable 3x3 filters (6 coefficients each).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 
 from torch import nn
 
-from dpplat.models.equivariant import FieldGroupNorm, GroupConv2d, GroupPool, InvariantPool, LiftingConv2d
+from dpplat.models.equivariant import FieldGroupNorm, GroupPool, InvariantPool, Restrict, get_group, group_conv, lifting_conv
 from dpplat.models.registry import register_model
 
 
@@ -24,26 +25,29 @@ def _norm_act(fields: int, group: str) -> list[nn.Module]:
 class GroupResidual(nn.Module):
     def __init__(self, fields: int, group: str) -> None:
         super().__init__()
-        self.body = nn.Sequential(GroupConv2d(fields, fields, 3, group), *_norm_act(fields, group),
-                                  GroupConv2d(fields, fields, 3, group), *_norm_act(fields, group))
+        self.body = nn.Sequential(group_conv(fields, fields, 3, group), *_norm_act(fields, group),
+                                  group_conv(fields, fields, 3, group), *_norm_act(fields, group))
 
     def forward(self, x):
         return x + self.body(x)
 
 
-def equivariant_resnet9(width: int, num_classes: int, in_channels: int, image_size: int) -> nn.Sequential:
+def equivariant_resnet9(group: str, width: int, num_classes: int, in_channels: int, image_size: int,
+                        last: str = "C4") -> nn.Sequential:
+    """``group`` in the first stages, restricted to its subgroup ``last`` for the last stage."""
     pad = (-image_size) % 8
-    w = width
+    w, G = width, group
+    split = get_group(group).order // get_group(last).order  # each field becomes this many ``last`` fields
     return nn.Sequential(
         nn.ZeroPad2d((pad // 2, pad - pad // 2, pad // 2, pad - pad // 2)),
-        LiftingConv2d(in_channels, w, 3, "D4"), *_norm_act(w, "D4"),
-        GroupConv2d(w, 2 * w, 3, "D4"), *_norm_act(2 * w, "D4"), nn.MaxPool2d(2),
-        GroupResidual(2 * w, "D4"),
-        GroupConv2d(2 * w, 4 * w, 3, "D4"), *_norm_act(4 * w, "D4"), nn.MaxPool2d(2),
-        # restriction D4 -> C4: 4w D4 fields are 8w C4 fields, same channels
-        GroupConv2d(8 * w, 4 * w, 3, "C4"), *_norm_act(4 * w, "C4"), nn.MaxPool2d(2),
-        GroupResidual(4 * w, "C4"),
-        GroupPool("C4"), InvariantPool(), nn.Linear(4 * w, num_classes),
+        lifting_conv(in_channels, w, 3, G), *_norm_act(w, G),
+        group_conv(w, 2 * w, 3, G), *_norm_act(2 * w, G), nn.MaxPool2d(2),
+        GroupResidual(2 * w, G),
+        group_conv(2 * w, 4 * w, 3, G), *_norm_act(4 * w, G), nn.MaxPool2d(2),
+        Restrict(G, last),
+        group_conv(split * 4 * w, 4 * w, 3, last), *_norm_act(4 * w, last), nn.MaxPool2d(2),
+        GroupResidual(4 * w, last),
+        GroupPool(last), InvariantPool(), nn.Linear(4 * w, num_classes),
     )
 
 
@@ -52,7 +56,21 @@ def equivariant_resnet9(width: int, num_classes: int, in_channels: int, image_si
                             "field GroupNorm, Mish, residual blocks, group pooling; 231,498 parameters on CIFAR-10 "
                             "(invariant to C4).")
 def d4_resnet9(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
-    return equivariant_resnet9(8, num_classes, in_channels, image_size)
+    return equivariant_resnet9("D4", 8, num_classes, in_channels, image_size)
+
+
+@register_model("c4-resnet9", family="equivariant", group="C4",
+                description="The equivariant ResNet-9 with C4 throughout (10 fields wide, matching D4's size); "
+                            "238,970 parameters on CIFAR-10.")
+def c4_resnet9(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    return equivariant_resnet9("C4", 10, num_classes, in_channels, image_size)
+
+
+@register_model("c8-resnet9", family="equivariant", group="C8",
+                description="The equivariant ResNet-9 with steerable C8 stages restricted to C4 in the last stage; "
+                            "203,778 parameters on CIFAR-10 (invariant to C4).")
+def c8_resnet9(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    return equivariant_resnet9("C8", 8, num_classes, in_channels, image_size)
 
 
 class WideBasic(nn.Module):

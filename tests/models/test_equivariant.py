@@ -1,15 +1,20 @@
-"""Equivariant layers: equivariance for every group element, invariance of a classifier, export,
-and exact per-sample gradients of the base parameters against a float64 per-sample loop."""
+"""Equivariant layers: equivariance for every group element that maps the grid onto itself (all of C4
+and D4; the quarter turns and flips of C8 and D8), invariance of a classifier, export, and exact
+per-sample gradients of the base parameters against a float64 per-sample loop."""
+
+import math
 
 import pytest
 import torch
 from torch import nn
 
-from dpplat.models.equivariant import (C4, D4, FieldGroupNorm, GroupConv2d, GroupPool, InvariantPool,
-                                       LiftingConv2d)
+from dpplat.models.equivariant import (C4, C8, D4, D8, FieldGroupNorm, GroupConv2d, GroupPool, InvariantPool,
+                                       LiftingConv2d, OrbitPool, Restrict, SteerableGroupConv2d,
+                                       SteerableLiftingConv2d, group_conv, lifting_conv, sampled_basis)
+from dpplat.models.equivariant.steerable import basis_functions
 from tests.engine.reference import check_rule
 
-GROUPS = [C4, D4]
+GROUPS = [C4, D4, C8, D8]
 
 
 def act_on_fields(group, y, g):
@@ -20,8 +25,8 @@ def act_on_fields(group, y, g):
 @pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
 def test_lifting_and_group_conv_are_equivariant(group):
     torch.manual_seed(0)
-    lift = LiftingConv2d(3, 4, 3, group).double()
-    conv = GroupConv2d(4, 5, 3, group).double()
+    lift = lifting_conv(3, 4, 3, group).double()
+    conv = group_conv(4, 5, 3, group).double()
     norm = FieldGroupNorm(1, 4, group).double()
     with torch.no_grad():
         for m in (lift, conv, norm):
@@ -29,7 +34,7 @@ def test_lifting_and_group_conv_are_equivariant(group):
         norm.weight.normal_()
     x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
     f = torch.randn(2, 4 * group.order, 9, 9, dtype=torch.float64)
-    for g in range(group.order):
+    for g in group.grid_elements:
         assert (lift(group.act(x, g)) - act_on_fields(group, lift(x), g)).abs().max() < 1e-10
         assert (conv(act_on_fields(group, f, g)) - act_on_fields(group, conv(f), g)).abs().max() < 1e-10
         assert (norm(act_on_fields(group, f, g)) - act_on_fields(group, norm(f), g)).abs().max() < 1e-10
@@ -39,9 +44,9 @@ def test_lifting_and_group_conv_are_equivariant(group):
 
 def small_gcnn(group, width=3):
     return nn.Sequential(
-        LiftingConv2d(1, width, 3, group), FieldGroupNorm(1, width, group), nn.Mish(),
-        GroupConv2d(width, width, 3, group), FieldGroupNorm(1, width, group), nn.Mish(), nn.MaxPool2d(2),
-        GroupConv2d(width, width, 3, group), GroupPool(group), InvariantPool(), nn.Linear(width, 4),
+        lifting_conv(1, width, 3, group), FieldGroupNorm(1, width, group), nn.Mish(),
+        group_conv(width, width, 3, group), FieldGroupNorm(1, width, group), nn.Mish(), nn.MaxPool2d(2),
+        group_conv(width, width, 3, group), GroupPool(group), InvariantPool(), nn.Linear(width, 4),
     )
 
 
@@ -50,14 +55,55 @@ def test_classifier_logits_are_invariant(group):
     torch.manual_seed(0)
     model = small_gcnn(group).double()
     x = torch.randn(3, 1, 10, 10, dtype=torch.float64)
-    for g in range(group.order):
+    for g in group.grid_elements:
         assert (model(group.act(x, g)) - model(x)).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
+def test_orbit_pool_head_is_invariant_and_keeps_a_quadrant(group):
+    torch.manual_seed(0)
+    model = nn.Sequential(lifting_conv(1, 2, 3, group), nn.Mish(), GroupPool(group), OrbitPool(group)).double()
+    x = torch.randn(2, 1, 9, 9, dtype=torch.float64)
+    assert model(x).shape == (2, 2, 5, 5)
+    for g in group.grid_elements:
+        assert (model(group.act(x, g)) - model(x)).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("group,subgroup", [(D4, C4), (C8, C4), (D8, D4), (D8, C8)], ids=str)
+def test_restriction_to_a_subgroup_keeps_equivariance(group, subgroup):
+    torch.manual_seed(0)
+    model = nn.Sequential(lifting_conv(1, 2, 3, group), nn.Mish(), Restrict(group, subgroup),
+                          group_conv(2 * group.order // subgroup.order, 3, 3, subgroup)).double()
+    x = torch.randn(2, 1, 9, 9, dtype=torch.float64)
+    for g in subgroup.grid_elements:
+        assert (model(subgroup.act(x, g)) - act_on_fields(subgroup, model(x), g)).abs().max() < 1e-10
+    with pytest.raises(ValueError, match="not a subgroup"):
+        Restrict(C4, D4)
+
+
+@pytest.mark.parametrize("group", [C8, D8], ids=lambda g: g.name)
+def test_steerable_basis_rotates_exactly_by_every_element(group):
+    """For g = (rotation by a, reflection f), a harmonic sampled at g^-1 p is cos(m(phi - a)) for the
+    cos part and (-1)^f sin(m(phi - a)) for the sin part: exact on the grid, the 45-degree elements too."""
+    functions = basis_functions(5)
+    basis = sampled_basis(group, 5)
+    assert basis.shape == (group.order, len(functions), 5, 5) and len(basis_functions(3)) == 6
+    for g, (k, flip) in enumerate(group.elements):
+        ma = [m * group.angle(g) for _, m, _ in functions]
+        for b, (r, m, kind) in enumerate(functions):
+            if m == 0:
+                expected = basis[0, b]
+            elif kind == "cos":
+                expected = math.cos(ma[b]) * basis[0, b] + math.sin(ma[b]) * basis[0, b + 1]
+            else:
+                expected = (-1) ** flip * (math.cos(ma[b]) * basis[0, b] - math.sin(ma[b]) * basis[0, b - 1])
+            assert (basis[g, b] - expected).abs().max() < 1e-12, (g, r, m, kind)
 
 
 @pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
 def test_export_to_plain_conv_gives_identical_outputs(group):
     torch.manual_seed(0)
-    for layer, channels in [(LiftingConv2d(2, 3, 3, group), 2), (GroupConv2d(2, 3, 3, group), 2 * group.order)]:
+    for layer, channels in [(lifting_conv(2, 3, 3, group), 2), (group_conv(2, 3, 3, group), 2 * group.order)]:
         layer = layer.double()
         x = torch.randn(2, channels, 7, 7, dtype=torch.float64)
         assert torch.equal(layer.export()(x), layer(x))
@@ -66,6 +112,11 @@ def test_export_to_plain_conv_gives_identical_outputs(group):
 def test_parameters_are_the_base_filters():
     assert sum(p.numel() for p in GroupConv2d(4, 5, 3, D4).parameters()) == 5 * 4 * 8 * 9 + 5
     assert GroupConv2d(4, 5, 3, D4).expanded_shape() == (40, 32, 3, 3)
+    # steerable: 6 basis coefficients per 3x3 filter instead of 9 pixels
+    assert sum(p.numel() for p in SteerableGroupConv2d(4, 5, 3, D8).parameters()) == 5 * 4 * 16 * 6 + 5
+    assert SteerableGroupConv2d(4, 5, 3, D8).expanded_shape() == (80, 64, 3, 3)
+    assert sum(p.numel() for p in SteerableLiftingConv2d(3, 5, 5, C8).parameters()) == 5 * 3 * 15 + 5
+    assert not list(SteerableLiftingConv2d(3, 5, 5, C8).state_dict().keys() - {"weight", "bias"})
 
 
 @pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
@@ -79,7 +130,8 @@ def test_per_sample_gradients_of_base_parameters(group, clipping, C):
 @pytest.mark.parametrize("clipping", ["per_layer", "flat"])
 def test_equivariant_layers_with_augmentation_multiplicity_and_strides(clipping):
     torch.manual_seed(0)
-    model = nn.Sequential(LiftingConv2d(2, 3, 3, C4, stride=2, bias=False), nn.Tanh(),
-                          GroupConv2d(3, 2, 3, C4, padding=0), GroupPool(C4, "mean"), InvariantPool(),
-                          nn.Linear(2, 3))
-    check_rule(model, torch.randn(6, 2, 9, 9), clipping=clipping, C=0.1, views=2)
+    for group in (C4, C8):
+        model = nn.Sequential(lifting_conv(2, 3, 3, group, stride=2, bias=False), nn.Tanh(),
+                              group_conv(3, 2, 3, group, padding=0), GroupPool(group, "mean"), InvariantPool(),
+                              nn.Linear(2, 3))
+        check_rule(model, torch.randn(6, 2, 9, 9), clipping=clipping, C=0.1, views=2)

@@ -10,7 +10,9 @@ from dpplat.models.equivariant import get_group
 
 @pytest.mark.parametrize("name,count,shape", [
     ("c4-cnn", 18914, (1, 28)), ("d4-cnn", 35042, (1, 28)), ("cnn", 26010, (1, 28)), ("mlp", 269322, (1, 28)),
-    ("d4-resnet9", 231498, (3, 32)), ("wrn-16-4", 2748890, (3, 32)),
+    ("c8-cnn", 6762, (1, 28)), ("d8-cnn", 12138, (1, 28)),
+    ("d4-resnet9", 231498, (3, 32)), ("c4-resnet9", 238970, (3, 32)), ("c8-resnet9", 203778, (3, 32)),
+    ("wrn-16-4", 2748890, (3, 32)),
 ])
 def test_parameter_counts_match_the_registry_description(name, count, shape):
     info = models.info(name)
@@ -18,7 +20,9 @@ def test_parameter_counts_match_the_registry_description(name, count, shape):
     assert f"{count:,}" in info.description or name in ("cnn", "mlp")
 
 
-INVARIANT_TO = {"c4-cnn": "C4", "d4-cnn": "D4", "d4-resnet9": "C4"}  # the ResNet restricts D4 to C4
+# the ResNets restrict to C4 in their last stage; C8/D8 act exactly on the grid by their C4/D4 elements
+INVARIANT_TO = {"c4-cnn": "C4", "d4-cnn": "D4", "c8-cnn": "C8", "d8-cnn": "D8",
+                "d4-resnet9": "C4", "c4-resnet9": "C4", "c8-resnet9": "C4"}
 
 
 @pytest.mark.parametrize("name", [m.name for m in models.available() if m.family == "equivariant"])
@@ -28,16 +32,16 @@ def test_equivariant_classifiers_are_invariant_to_their_group(name, channels, si
     model = models.create(name, num_classes=10, in_channels=channels, image_size=size).double().eval()
     group = get_group(INVARIANT_TO[name])
     x = torch.randn(2, channels, size, size, dtype=torch.float64)
-    for g in range(group.order):
+    for g in group.grid_elements:
         assert (model(group.act(x, g)) - model(x)).abs().max() < 1e-10
 
 
 def test_unknown_model_lists_the_available_ones():
-    with pytest.raises(ValueError, match="available: c4-cnn, cnn, d4-cnn, d4-resnet9, mlp, wrn-16-4"):
+    with pytest.raises(ValueError, match="available: c4-cnn, c4-resnet9, c8-cnn, c8-resnet9, cnn, d4-cnn, d4-resnet9, d8-cnn, mlp, wrn-16-4"):
         models.create("resnet-1000")
 
 
-@pytest.mark.parametrize("name", ["d4-resnet9", "wrn-16-4"])
+@pytest.mark.parametrize("name", ["d4-resnet9", "c8-resnet9", "wrn-16-4"])
 def test_cifar_architectures_take_a_private_step(name):
     torch.manual_seed(0)
     model = models.create(name, num_classes=10, in_channels=3, image_size=32)

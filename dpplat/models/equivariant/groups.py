@@ -1,13 +1,15 @@
-"""Finite groups acting on the pixel grid: rotations by 90 degrees (C4) and with reflections (D4).
+"""Finite rotation groups C_N and dihedral groups D_N acting on the pixel grid.
 
-An element is (rotations k, flip f) acting on an image as ``rot90(flip(x) if f else x, k)``.
-Composition and inverses are read off the action on an asymmetric pattern, so the Cayley
-table is correct by construction rather than by hand-written formulas (Cohen & Welling
-2016, "Group Equivariant Convolutional Networks").
+An element is (k, f): reflect the image across its vertical axis if f, then rotate by
+k * 360/N degrees, the direction of ``torch.rot90(x, 1, dims=(-2, -1))`` (Cohen &
+Welling 2016, "Group Equivariant Convolutional Networks"). Elements whose angle is a
+multiple of 90 degrees move pixels onto pixels (``act``); the others (C8's and D8's
+odd rotations) only act on continuous filters, which is what the steerable layers use.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -17,29 +19,48 @@ import torch
 @dataclass(frozen=True)
 class PixelGroup:
     name: str
-    elements: tuple[tuple[int, int], ...]  # (quarter turns, flip)
+    rotations: int  # N
+    reflections: bool
+
+    @cached_property
+    def elements(self) -> tuple[tuple[int, int], ...]:
+        """(rotation steps, flip), rotations fastest: D4 is C4's four elements, then the four reflected ones."""
+        return tuple((k, f) for f in ((0, 1) if self.reflections else (0,)) for k in range(self.rotations))
 
     @property
     def order(self) -> int:
         return len(self.elements)
 
+    def angle(self, index: int) -> float:
+        return 2 * math.pi * self.elements[index][0] / self.rotations
+
+    @cached_property
+    def grid_elements(self) -> tuple[int, ...]:
+        """The elements that map the pixel grid onto itself (quarter turns and flips)."""
+        return tuple(i for i, (k, _) in enumerate(self.elements) if (4 * k) % self.rotations == 0)
+
+    @property
+    def acts_on_grid(self) -> bool:
+        return len(self.grid_elements) == self.order
+
     def act(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        """Apply element ``index`` to the last two (spatial) dims of ``x``."""
+        """Apply element ``index`` to the last two (spatial) dims of ``x`` (grid elements only)."""
         k, flip = self.elements[index]
+        if (4 * k) % self.rotations:
+            raise ValueError(f"element {index} of {self.name} rotates by {360 * k / self.rotations:g} degrees, "
+                             "which does not map the pixel grid onto itself; use one of grid_elements.")
         if flip:
             x = x.flip(-1)
-        return torch.rot90(x, k, dims=(-2, -1))
+        return torch.rot90(x, 4 * k // self.rotations, dims=(-2, -1))
 
     @cached_property
     def cayley(self) -> torch.Tensor:
-        """``cayley[a, b]`` = index of the product a·b (apply b, then a)."""
-        pattern = torch.arange(9.0).view(3, 3)
-        images = [self.act(pattern, i) for i in range(self.order)]
+        """``cayley[a, b]`` = index of the product a·b (apply b, then a): R^k1 F^f1 R^k2 F^f2 = R^(k1 ± k2) F^(f1+f2)."""
+        n = self.rotations
         table = torch.empty(self.order, self.order, dtype=torch.long)
-        for a in range(self.order):
-            for b in range(self.order):
-                composed = self.act(images[b], a)
-                table[a, b] = next(i for i, img in enumerate(images) if torch.equal(img, composed))
+        for a, (k1, f1) in enumerate(self.elements):
+            for b, (k2, f2) in enumerate(self.elements):
+                table[a, b] = self.elements.index(((k1 + (-k2 if f1 else k2)) % n, f1 ^ f2))
         return table
 
     @cached_property
@@ -55,9 +76,11 @@ class PixelGroup:
         return y[:, :, source].reshape_as(x)
 
 
-C4 = PixelGroup("C4", tuple((k, 0) for k in range(4)))
-D4 = PixelGroup("D4", tuple((k, f) for f in (0, 1) for k in range(4)))
-GROUPS = {"C4": C4, "D4": D4}
+C4 = PixelGroup("C4", 4, False)
+D4 = PixelGroup("D4", 4, True)
+C8 = PixelGroup("C8", 8, False)
+D8 = PixelGroup("D8", 8, True)
+GROUPS = {g.name: g for g in (C4, D4, C8, D8)}
 
 
 def get_group(name: str) -> PixelGroup:

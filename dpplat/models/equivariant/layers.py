@@ -47,6 +47,17 @@ class _GroupConvBase(nn.Module):
             self._index, self._index_shape = self.expand(base, None)[0], self.weight.shape
         return self._index
 
+    def pull_back(self, expanded: torch.Tensor) -> torch.Tensor:
+        """E^T on a batch of expanded-filter gradients (n, *expanded_shape) -> (n, *weight.shape).
+
+        The expansion is a gather, so its transpose is a scatter-add into the base filter's entries.
+        """
+        index = self.expansion_index().flatten().to(expanded.device)
+        n = expanded.shape[0]
+        out = expanded.new_zeros(n, self.weight.numel())
+        out.scatter_add_(1, index.expand(n, -1), expanded.reshape(n, -1))
+        return out.view(n, *self.weight.shape)
+
     def forward_with(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         index = self.expansion_index().to(weight.device)
         w = weight.reshape(-1)[index]  # the same filter bank as expand(), by one gather
@@ -147,7 +158,7 @@ class GroupPool(nn.Module):
 
 
 class OrbitPool(nn.Module):
-    """Average a plain feature map over the group's spatial transformations, then keep one quadrant.
+    """Average a plain feature map over the group's grid transformations, then keep one quadrant.
 
     The average is invariant to the group acting on the input (the map rotates with it), yet, unlike
     global pooling, it keeps where on the image a feature fired, up to the symmetry. Every orbit of
@@ -163,9 +174,42 @@ class OrbitPool(nn.Module):
     def forward(self, x):
         if x.shape[-1] != x.shape[-2]:
             raise ValueError(f"OrbitPool needs square feature maps, got {tuple(x.shape[-2:])}.")
-        mean = sum(self.group.act(x, g) for g in range(self.group.order)) / self.group.order
+        elements = self.group.grid_elements  # C8/D8: their quarter turns (and flips)
+        mean = sum(self.group.act(x, g) for g in elements) / len(elements)
         half = (x.shape[-1] + 1) // 2
         return mean[..., :half, :half]
+
+
+class Restrict(nn.Module):
+    """Restrict group maps of ``group`` to its subgroup ``subgroup``: regroup channels into subgroup fields.
+
+    A regular field of G restricted to a subgroup H is |G|/|H| regular fields of H, one per coset
+    gH. Reordering the channels so that each coset's channels are contiguous, in the order of H's
+    elements, lets the next layers be H-layers with |G|/|H| times as many fields (Hölzl et al.'s
+    last stage restricts D4 to C4). For D4 -> C4 the order is already right; C8 -> C4 interleaves.
+    """
+
+    def __init__(self, group, subgroup) -> None:
+        super().__init__()
+        self.group = get_group(group) if isinstance(group, str) else group
+        self.subgroup = get_group(subgroup) if isinstance(subgroup, str) else subgroup
+        G, H = self.group, self.subgroup
+        if G.rotations % H.rotations or (H.reflections and not G.reflections):
+            raise ValueError(f"{H.name} is not a subgroup of {G.name}.")
+        step = G.rotations // H.rotations
+        embed = [G.elements.index((k * step, f)) for k, f in H.elements]  # H's elements inside G
+        order, seen = [], set()
+        for coset_rep in range(G.order):
+            if coset_rep in seen:
+                continue
+            coset = [int(G.cayley[h, coset_rep]) for h in embed]  # h·g0 for h in H
+            seen.update(coset)
+            order += coset
+        self.register_buffer("order", torch.tensor(order), persistent=False)
+
+    def forward(self, x):
+        y = x.view(x.shape[0], -1, self.group.order, *x.shape[2:])[:, :, self.order]
+        return y.reshape_as(x)
 
 
 class InvariantPool(nn.Module):

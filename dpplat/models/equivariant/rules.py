@@ -4,8 +4,9 @@ The layer's filter bank is ``E(theta)`` for a linear expansion E, so the per-sam
 gradient of theta is ``E^T`` applied to the per-sample gradient of the expanded filter.
 We form the expanded per-sample gradients one chunk of samples at a time with the plain
 convolution's machinery (:mod:`dpplat.engine.rules.conv`), pull each chunk back with E^T
-(for rotations and flips E is a gather, so E^T is a scatter-add; the field GroupNorm's
-expansion is pulled back with ``torch.func.vjp`` under ``vmap``), and clip and sum while
+(the layer's ``pull_back``: for rotations and flips E is a gather, so E^T is a scatter-add;
+the steerable layers' einsum and the field GroupNorm's expansion are pulled back with
+``torch.func.vjp`` under ``vmap``), and clip and sum while
 the chunk exists. The expanded per-sample filters of the whole model never exist at once.
 """
 
@@ -19,19 +20,11 @@ from dpplat.engine.rules import conv, fused_sum
 from dpplat.engine.rules.group_norm import per_sample_affine_grads
 from dpplat.engine.rules.registry import LayerRule, RuleContext, clip_factors, register_rule, trainable
 from dpplat.models.equivariant.layers import FieldGroupNorm, GroupConv2d, LiftingConv2d
+from dpplat.models.equivariant.steerable import SteerableGroupConv2d, SteerableLiftingConv2d
 
 
 def _keep_trainable(module, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: g for name, g in grads.items() if trainable(module, name)}
-
-
-def _pull_weight_batch(module, expanded: torch.Tensor) -> torch.Tensor:
-    """E^T on a batch of expanded-filter gradients: a scatter-add into the base filter's entries."""
-    index = module.expansion_index().flatten().to(expanded.device)
-    n = expanded.shape[0]
-    out = expanded.new_zeros(n, module.weight.numel())
-    out.scatter_add_(1, index.expand(n, -1), expanded.reshape(n, -1))
-    return out.view(n, *module.weight.shape)
 
 
 def _pull_bias_batch(module, expanded: torch.Tensor) -> torch.Tensor:
@@ -39,7 +32,7 @@ def _pull_bias_batch(module, expanded: torch.Tensor) -> torch.Tensor:
     return expanded.view(expanded.shape[0], -1, module.group.order).sum(2)
 
 
-@register_rule(LiftingConv2d, GroupConv2d)
+@register_rule(LiftingConv2d, GroupConv2d, SteerableLiftingConv2d, SteerableGroupConv2d)
 class ExpandedConvRule(LayerRule):
     def forward(self, module, x):
         bias = module.bias.detach() if module.bias is not None else None
@@ -56,7 +49,7 @@ class ExpandedConvRule(LayerRule):
         bias_expanded = self._bias_expanded(ctx)
         for rows, per_sample in conv.per_sample_weight_grads(module, ctx, weight_shape=module.expanded_shape()):
             b = _pull_bias_batch(module, bias_expanded[rows]) if bias_expanded is not None else None
-            yield rows, _pull_weight_batch(module, per_sample), b
+            yield rows, module.pull_back(per_sample), b
 
     def norm_sq(self, ctx: RuleContext) -> torch.Tensor:
         total = ctx.x.new_zeros(ctx.num_samples)
@@ -73,7 +66,7 @@ class ExpandedConvRule(LayerRule):
         scaled = ctx.grad_output * row_factors
         x, padding = conv.padded_input(module, ctx.x)
         expanded_w = conv.weight_grad(module, x, padding, scaled, module.expanded_shape(), 1)
-        grads = {"weight": _pull_weight_batch(module, expanded_w[None])[0]}
+        grads = {"weight": module.pull_back(expanded_w[None])[0]}
         if module.bias is not None:
             grads["bias"] = _pull_bias_batch(module, scaled.sum((0, 2, 3))[None])[0]
         return _keep_trainable(module, grads)
