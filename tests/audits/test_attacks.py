@@ -107,6 +107,29 @@ def test_oars_stage_one_recovers_the_rejection_radius(name, attribute, scale, mn
     assert result.knobs["stage1"][attribute] * scale == pytest.approx(radius, rel=0.08)
 
 
+def test_oars_boundary_search_redraws_a_rejected_midpoint(mnist_model, mnist_test):
+    """The segment's midpoint is already in the history: the search redraws it off the segment by the
+    floor and carries on to the boundary, where it used to stop at the start image."""
+    from dpplat.audits.attacks.base import Oracle
+
+    attack, x, label, _, start = setting("surfree", mnist_model, mnist_test, 0)
+    floor = 0.5
+    plain = create_defense("none", mnist_model, input_shape=(1, 28, 28))
+    defended = RadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=0.8 * floor)
+    defended.query(((x + start) / 2).unsqueeze(0))
+    found = {}
+    for name, defense in (("plain", plain), ("defended", defended)):
+        attack.rng, attack.best, attack.best_distance = attack.generator(0), None, math.inf
+        attack.floors, attack.length_knob = {"min_delta": floor}, "min_delta"
+        oracle = Oracle(defense, label=label, budget=10_000, mode="oars")
+        found[name] = attack.boundary_search(oracle, x, start, tolerance=1e-3)
+        assert not attack.search_cut_short and int(mnist_model(found[name].unsqueeze(0)).argmax()) != label
+    assert oracle.rejections >= 1
+    reach = {name: float((point - x).norm()) for name, point in found.items()}
+    assert reach["defended"] < 0.8 * float((start - x).norm())
+    assert reach["defended"] <= reach["plain"] + floor
+
+
 def test_oars_beats_blacklight_where_the_standard_form_fails(mnist_model, mnist_test):
     defense = create_defense("blacklight", mnist_model, input_shape=(1, 28, 28))
     attack, x, label, target, _ = setting("nes", mnist_model, mnist_test, 0)

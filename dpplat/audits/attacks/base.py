@@ -199,23 +199,39 @@ class Attack:
     def boundary_search(self, oracle, x: torch.Tensor, adversarial: torch.Tensor, tolerance: float) -> torch.Tensor:
         """Binary search on the segment x -> adversarial for the boundary, keeping the adversarial end.
 
-        In OARS form, for attacks whose floor is an L2 length (``length_knob``), the search also
-        stops once the bracket is shorter than that floor: closer queries would be rejected.
+        OARS form, for attacks whose floor is an L2 length (``length_knob``): a rejected midpoint
+        is redrawn off the segment, moved by the floor in a random direction (stage 2's resampling
+        applied to the search: a stateful defense remembers the segment's earlier points, and the
+        floor is the distance stage 1 found its probes pass at). An adversarial redraw becomes the
+        new end of the segment, so the search goes on; one whose redraws are all rejected ends at
+        the last known adversarial point. The search stops once the bracket is shorter than a
+        quarter of the floor: the redraws' own offset limits the precision beyond that.
         """
         low, high = 0.0, 1.0  # blend weight on the adversarial end
         self.search_cut_short = False
         length = float((adversarial - x).norm())
         floor = self.floors.get(self.length_knob) if self.length_knob else None
         if floor and length > 0:
-            tolerance = max(tolerance, min(floor / length, 0.5))
+            tolerance = max(tolerance, min(floor / (4 * length), 0.5))
         while high - low > tolerance:
             mid = (low + high) / 2
-            adv, rejected = oracle.adversarial(((1 - mid) * x + mid * adversarial).unsqueeze(0))
+            midpoint = (1 - mid) * x + mid * adversarial
+            point, redraws = midpoint, 0
+            adv, rejected = oracle.adversarial(point.unsqueeze(0))
+            while floor and bool(rejected[0]) and redraws < self.max_resamples:
+                point = (midpoint + floor * unit(torch.randn((1, *x.shape), generator=self.rng))[0]).clamp(0, 1)
+                adv, rejected = oracle.adversarial(point.unsqueeze(0))
+                redraws += 1
             if bool(rejected[0]):
                 self.search_cut_short = True
                 break  # OARS: stop at the last known adversarial point
             if bool(adv[0]):
-                high = mid
+                if redraws:  # the redrawn point is the segment's new adversarial end
+                    adversarial, low, high = point, low / mid, 1.0
+                    length = float((adversarial - x).norm())
+                    tolerance = max(tolerance, min(floor / (4 * length), 0.5)) if length > 0 else tolerance
+                else:
+                    high = mid
             else:
                 low = mid
         point = (1 - high) * x + high * adversarial

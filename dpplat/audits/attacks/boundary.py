@@ -7,8 +7,10 @@ stepped candidate is kept. Each step size adapts to its own success rate, as in 
 paper: the spherical step to how often the sphere point stays adversarial, the source
 step to how often the step towards the input does (grow above one half, shrink below).
 
-OARS form: stage 1 sets a floor on the size of the moves (L2, ``min_spherical``), for the
-spherical move and the step towards the input alike; rejected candidates are redrawn.
+OARS form: stage 1 sets a floor on the size of the spherical move (L2, ``min_spherical``);
+each candidate is queried once, after both moves (its sphere point alone would lie within the
+floor of it, a near-duplicate a stateful defense rejects), so the step towards the input can
+stay small and adapt as in the paper; rejected candidates are redrawn.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Boundary(Attack):
         spherical, source = self.spherical_step, self.source_step
         sphere_rates: list[float] = []
         step_rates: list[float] = []
+        oars = bool(self.floors)
         for _ in range(self.max_iterations):
             if self.done():
                 return
@@ -54,26 +57,33 @@ class Boundary(Attack):
                 eta = unit(eta) * max(spherical * dist, floor)
                 on_sphere = diff + eta
                 on_sphere = on_sphere * (dist / on_sphere.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
-                # each candidate is queried twice: on the sphere, and after the step towards x (which in
-                # OARS form also moves at least the floor, or it would be a near-duplicate of the first)
-                toward = min(max(source, floor / dist), 0.5)
-                return torch.cat([x + on_sphere, x + on_sphere * (1 - toward)]).clamp(0, 1)
+                stepped = x + on_sphere * (1 - source)
+                if oars:  # the sphere point alone would lie within the floor of the stepped one: query that only
+                    return stepped.clamp(0, 1)
+                return torch.cat([x + on_sphere, stepped]).clamp(0, 1)
 
-            points, scores = self.accepted(oracle, propose, self.candidates, group=2)
+            points, scores = self.accepted(oracle, propose, self.candidates, group=1 if oars else 2)
             if points.shape[1] == 0:
                 continue
-            on_sphere = oracle.is_adversarial_scores(scores[0])
-            stepped = oracle.is_adversarial_scores(scores[1]) & on_sphere
-            sphere_rates.append(float(on_sphere.float().mean()))
-            if bool(on_sphere.any()):
-                step_rates.append(float(stepped.float().sum() / on_sphere.float().sum()))
+            if oars:
+                stepped = oracle.is_adversarial_scores(scores[0])
+                step_rates.append(float(stepped.float().mean()))
+            else:
+                on_sphere = oracle.is_adversarial_scores(scores[0])
+                stepped = oracle.is_adversarial_scores(scores[1]) & on_sphere
+                sphere_rates.append(float(on_sphere.float().mean()))
+                if bool(on_sphere.any()):
+                    step_rates.append(float(stepped.float().sum() / on_sphere.float().sum()))
             if bool(stepped.any()):
-                d = (points[1][stepped] - x).flatten(1).norm(dim=1)
+                d = (points[-1][stepped] - x).flatten(1).norm(dim=1)
                 if float(d.min()) < dist:
-                    x_adv = points[1][stepped][int(d.argmin())]
+                    x_adv = points[-1][stepped][int(d.argmin())]
                     self.consider(x, x_adv.unsqueeze(0), torch.tensor([True]))
-            if len(sphere_rates) >= self.adapt_every:  # the paper's rule: aim for about half succeeding
-                spherical = min(spherical * (1.5 if sum(sphere_rates) / len(sphere_rates) > 0.5 else 1 / 1.5), 1.0)
+            if len(step_rates) >= self.adapt_every or len(sphere_rates) >= self.adapt_every:
+                # the paper's rule: aim for about half succeeding
+                if sphere_rates:
+                    grow = sum(sphere_rates) / len(sphere_rates) > 0.5
+                    spherical = min(spherical * (1.5 if grow else 1 / 1.5), 1.0)
                 if step_rates:
                     source = min(source * (1.5 if sum(step_rates) / len(step_rates) > 0.5 else 1 / 1.5), 0.5)
                 sphere_rates, step_rates = [], []

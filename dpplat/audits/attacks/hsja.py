@@ -8,9 +8,10 @@ and binary-searches back to the boundary.
 
 OARS form: stage 1 sets a floor on the gradient-estimation radius ``delta``; rejected
 directions are redrawn and the estimate uses accepted ones only; a rejected step
-counts as a failed step (the step halves); a binary search that hits a rejection ends
-at the last known adversarial point, and a step that ends farther from the input than
-it started is rolled back.
+counts as a failed step (the step halves); a rejected binary-search midpoint is redrawn
+off the segment by the floor (``Attack.boundary_search``), a search whose redraws all fail
+ends at the last known adversarial point, and a step that ends farther from the input
+than it started is rolled back.
 """
 
 from __future__ import annotations
