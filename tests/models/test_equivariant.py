@@ -135,3 +135,34 @@ def test_equivariant_layers_with_augmentation_multiplicity_and_strides(clipping)
                               group_conv(3, 2, 3, group, padding=0), GroupPool(group, "mean"), InvariantPool(),
                               nn.Linear(2, 3))
         check_rule(model, torch.randn(6, 2, 9, 9), clipping=clipping, C=0.1, views=2)
+
+
+def _rotate(x, angle):
+    """Rotate images by ``angle`` in rot90's direction, sampling bilinearly (no torchvision here)."""
+    n = x.shape[-1]
+    c = (n - 1) / 2
+    u, v = torch.meshgrid(torch.arange(n, dtype=x.dtype) - c, torch.arange(n, dtype=x.dtype) - c, indexing="ij")
+    qu, qv = math.cos(angle) * u + math.sin(angle) * v, -math.sin(angle) * u + math.cos(angle) * v  # R^-1 p
+    grid = torch.stack([qv / c, qu / c], -1)[None].expand(x.shape[0], -1, -1, -1)
+    return torch.nn.functional.grid_sample(x, grid, align_corners=True)
+
+
+def test_steerable_lifting_is_nearly_equivariant_to_45_degree_turns():
+    """On a smooth image, rotating by 45 degrees commutes with the C8 lifting layer up to sampling
+    error (about 2%; with the wrong group element, 45%), where a generic filter bank is off by about 19%."""
+    torch.manual_seed(0)
+    n = 65
+    u, v = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    image = torch.zeros(1, 1, n, n, dtype=torch.float64)
+    for cu, cv, weight in zip(torch.randint(16, 48, (12,)), torch.randint(16, 48, (12,)), torch.randn(12)):
+        image[0, 0] += weight * torch.exp(-((u - cu) ** 2 + (v - cv) ** 2) / 18.0)
+    centre = (..., slice(20, 45), slice(20, 45))
+
+    def error(layer, on_fields):
+        with torch.no_grad():
+            expected = _rotate(layer(image), math.pi / 4)
+            expected = C8.permute_fields(expected, 1) if on_fields else expected
+            return float((layer(_rotate(image, math.pi / 4)) - expected)[centre].norm() / expected[centre].norm())
+
+    assert error(SteerableLiftingConv2d(1, 4, 3, C8).double(), True) < 0.05
+    assert error(nn.Conv2d(1, 32, 3, padding=1, bias=False).double(), False) > 0.1

@@ -8,7 +8,10 @@ pixel grid. The parameters are the basis coefficients, and the filter bank of th
 equivalent ``nn.Conv2d`` is one einsum of them with the sampled, transformed basis: a
 linear map, pulled back for per-sample gradients by ``torch.func.vjp``. For the quarter
 turns the sampled rotation is a permutation of pixels, so the layers are exactly
-equivariant on those elements and equivariant up to sampling error on the others.
+equivariant on those elements and equivariant up to sampling error on the others: on a
+smooth image turned by 45 degrees, a 3x3 C8 lifting layer is off by about 2% (a generic
+3x3 filter bank by 19%). The band limit trades that error against expressiveness: for 5x5
+filters m <= 2r gives 10%, m <= r 2% (with 9 functions instead of 15).
 """
 
 from __future__ import annotations
