@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from dpplat.models.equivariant import FieldGroupNorm, GroupPool, OrbitPool, group_conv, lifting_conv
-from dpplat.models.registry import register_model
+from dpplat.models.registry import register_variants
 
 
 def equivariant_cnn(group: str, width: int, num_classes: int, in_channels: int, image_size: int) -> nn.Sequential:
@@ -27,31 +27,19 @@ def equivariant_cnn(group: str, width: int, num_classes: int, in_channels: int, 
     )
 
 
-@register_model("c4-cnn", family="equivariant", group="C4",
-                description="C4 group CNN, 4 group-conv layers of 8-8-16-16 fields, Mish, field GroupNorm, "
-                            "an orbit-averaged linear head; 18,914 parameters on MNIST.")
-def c4_cnn(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
-    return equivariant_cnn("C4", 8, num_classes, in_channels, image_size)
+# name, group, fields of the first layer, what the registry says (parameter counts as tested)
+_VARIANTS = (
+    ("c4-cnn", "C4", 8, "C4 group CNN, 4 group-conv layers of 8-8-16-16 fields, Mish, field GroupNorm, "
+                        "an orbit-averaged linear head; 18,914 parameters on MNIST."),
+    ("d4-cnn", "D4", 8, "D4 group CNN, 4 group-conv layers of 8-8-16-16 fields, Mish, field GroupNorm, "
+                        "an orbit-averaged linear head; 35,042 parameters on MNIST."),
+    ("c8-cnn", "C8", 4, "C8 group CNN with steerable 3x3 filters, 4 layers of 4-4-8-8 fields (the channels of "
+                        "c4-cnn), Mish, field GroupNorm, an orbit-averaged head; 6,762 parameters on MNIST "
+                        "(invariant to C4, equivariant to C8 up to sampling)."),
+    ("d8-cnn", "D8", 4, "D8 group CNN with steerable 3x3 filters, 4 layers of 4-4-8-8 fields (the channels of "
+                        "d4-cnn), Mish, field GroupNorm, an orbit-averaged head; 12,138 parameters on MNIST "
+                        "(invariant to D4, equivariant to D8 up to sampling)."),
+)
 
 
-@register_model("d4-cnn", family="equivariant", group="D4",
-                description="D4 group CNN, 4 group-conv layers of 8-8-16-16 fields, Mish, field GroupNorm, "
-                            "an orbit-averaged linear head; 35,042 parameters on MNIST.")
-def d4_cnn(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
-    return equivariant_cnn("D4", 8, num_classes, in_channels, image_size)
-
-
-@register_model("c8-cnn", family="equivariant", group="C8",
-                description="C8 group CNN with steerable 3x3 filters, 4 layers of 4-4-8-8 fields (the channels of "
-                            "c4-cnn), Mish, field GroupNorm, an orbit-averaged head; 6,762 parameters on MNIST "
-                            "(invariant to C4, equivariant to C8 up to sampling).")
-def c8_cnn(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
-    return equivariant_cnn("C8", 4, num_classes, in_channels, image_size)
-
-
-@register_model("d8-cnn", family="equivariant", group="D8",
-                description="D8 group CNN with steerable 3x3 filters, 4 layers of 4-4-8-8 fields (the channels of "
-                            "d4-cnn), Mish, field GroupNorm, an orbit-averaged head; 12,138 parameters on MNIST "
-                            "(invariant to D4, equivariant to D8 up to sampling).")
-def d8_cnn(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
-    return equivariant_cnn("D8", 4, num_classes, in_channels, image_size)
+register_variants(equivariant_cnn, _VARIANTS, family="equivariant", in_channels=1, image_size=28)

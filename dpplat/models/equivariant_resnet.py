@@ -14,8 +14,9 @@ import math
 
 from torch import nn
 
-from dpplat.models.equivariant import FieldGroupNorm, GroupPool, InvariantPool, Restrict, get_group, group_conv, lifting_conv
-from dpplat.models.registry import register_model
+from dpplat.models.equivariant import (FieldGroupNorm, GroupPool, InvariantPool, Restrict, get_group, group_conv,
+                                       lifting_conv)
+from dpplat.models.registry import register_model, register_variants
 
 
 def _norm_act(fields: int, group: str) -> list[nn.Module]:
@@ -51,26 +52,19 @@ def equivariant_resnet9(group: str, width: int, num_classes: int, in_channels: i
     )
 
 
-@register_model("d4-resnet9", family="equivariant", group="D4",
-                description="Hölzl et al.'s equivariant ResNet-9: D4 stages restricted to C4 in the last stage, "
+# name, group, fields of the first layer, what the registry says (parameter counts as tested)
+_RESNETS = (
+    ("d4-resnet9", "D4", 8, "Hölzl et al.'s equivariant ResNet-9: D4 stages restricted to C4 in the last stage, "
                             "field GroupNorm, Mish, residual blocks, group pooling; 231,498 parameters on CIFAR-10 "
-                            "(invariant to C4).")
-def d4_resnet9(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
-    return equivariant_resnet9("D4", 8, num_classes, in_channels, image_size)
+                            "(invariant to C4)."),
+    ("c4-resnet9", "C4", 10, "The equivariant ResNet-9 with C4 throughout (10 fields wide, matching D4's size); "
+                             "238,970 parameters on CIFAR-10."),
+    ("c8-resnet9", "C8", 8, "The equivariant ResNet-9 with steerable C8 stages restricted to C4 in the last stage; "
+                            "203,778 parameters on CIFAR-10 (invariant to C4)."),
+)
 
 
-@register_model("c4-resnet9", family="equivariant", group="C4",
-                description="The equivariant ResNet-9 with C4 throughout (10 fields wide, matching D4's size); "
-                            "238,970 parameters on CIFAR-10.")
-def c4_resnet9(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
-    return equivariant_resnet9("C4", 10, num_classes, in_channels, image_size)
-
-
-@register_model("c8-resnet9", family="equivariant", group="C8",
-                description="The equivariant ResNet-9 with steerable C8 stages restricted to C4 in the last stage; "
-                            "203,778 parameters on CIFAR-10 (invariant to C4).")
-def c8_resnet9(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
-    return equivariant_resnet9("C8", 8, num_classes, in_channels, image_size)
+register_variants(equivariant_resnet9, _RESNETS, family="equivariant", in_channels=3, image_size=32)
 
 
 class WideBasic(nn.Module):

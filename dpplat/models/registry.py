@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 from torch import nn
@@ -34,6 +35,19 @@ def register_model(name: str, *, family: str, group: str | None = None, descript
         return builder
 
     return decorator
+
+
+def register_variants(build: Callable[..., nn.Module], variants, *, family: str, in_channels: int,
+                      image_size: int) -> None:
+    """Register ``build(group, width, num_classes, in_channels, image_size)`` once per (name, group, width,
+    description): one architecture, several groups, each its own registry entry."""
+    for name, group, width, description in variants:
+        builder = partial(_build_variant, build, group, width, in_channels=in_channels, image_size=image_size)
+        register_model(name, family=family, group=group, description=description)(builder)
+
+
+def _build_variant(build, group: str, width: int, *, num_classes: int = 10, in_channels: int, image_size: int):
+    return build(group, width, num_classes, in_channels, image_size)
 
 
 def available() -> list[ModelInfo]:

@@ -209,11 +209,14 @@ class Attack:
         """
         low, high = 0.0, 1.0  # blend weight on the adversarial end
         self.search_cut_short = False
-        length = float((adversarial - x).norm())
         floor = self.floors.get(self.length_knob) if self.length_knob else None
-        if floor and length > 0:
-            tolerance = max(tolerance, min(floor / (4 * length), 0.5))
-        while high - low > tolerance:
+
+        def bracket(end: torch.Tensor) -> float:  # the tolerance on the segment x -> end
+            length = float((end - x).norm())
+            return max(tolerance, min(floor / (4 * length), 0.5)) if floor and length > 0 else tolerance
+
+        limit = bracket(adversarial)
+        while high - low > limit:
             mid = (low + high) / 2
             midpoint = (1 - mid) * x + mid * adversarial
             point, redraws = midpoint, 0
@@ -228,8 +231,7 @@ class Attack:
             if bool(adv[0]):
                 if redraws:  # the redrawn point is the segment's new adversarial end
                     adversarial, low, high = point, low / mid, 1.0
-                    length = float((adversarial - x).norm())
-                    tolerance = max(tolerance, min(floor / (4 * length), 0.5)) if length > 0 else tolerance
+                    limit = max(limit, bracket(adversarial))
                 else:
                     high = mid
             else:

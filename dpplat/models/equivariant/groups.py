@@ -55,7 +55,9 @@ class PixelGroup:
 
     @cached_property
     def cayley(self) -> torch.Tensor:
-        """``cayley[a, b]`` = index of the product a·b (apply b, then a): R^k1 F^f1 R^k2 F^f2 = R^(k1 ± k2) F^(f1+f2)."""
+        """``cayley[a, b]`` = index of the product a·b (apply b, then a).
+
+        R^k1 F^f1 R^k2 F^f2 = R^(k1 ± k2) F^(f1+f2): a reflection reverses the rotations after it."""
         n = self.rotations
         table = torch.empty(self.order, self.order, dtype=torch.long)
         for a, (k1, f1) in enumerate(self.elements):

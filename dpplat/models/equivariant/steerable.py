@@ -53,7 +53,7 @@ def sampled_basis(group: PixelGroup, kernel_size: int, sigma: float = 0.6) -> to
     u, v = torch.meshgrid(coords, coords, indexing="ij")  # (row, column) offsets from the centre
     functions = basis_functions(kernel_size)
     out = torch.empty(group.order, len(functions), kernel_size, kernel_size, dtype=torch.float64)
-    for g, (k, flip) in enumerate(group.elements):
+    for g, (_, flip) in enumerate(group.elements):
         # g^-1 p = F^f R^-k p: rotate back by the element's angle, then reflect the column
         a = -group.angle(g)
         qu, qv = math.cos(a) * u - math.sin(a) * v, math.sin(a) * u + math.cos(a) * v
@@ -88,8 +88,11 @@ class _SteerableConvBase(_GroupConvBase):
         return torch.nn.functional.conv2d(x, w, b, self.stride, self.padding)
 
     def expanded_shape(self) -> torch.Size:
-        with torch.no_grad():
-            return self.expand(self.weight, None)[0].shape
+        """(out_fields x |G|, input channels, k, k), read off the coefficients' shape: the rule asks on
+        every backward, so no expansion is built for it."""
+        out_fields, in_channels = self.weight.shape[:2]
+        in_channels *= self.group.order if self.weight.dim() == 4 else 1  # group conv: fields x |G| channels
+        return torch.Size((out_fields * self.group.order, in_channels, *self.kernel_size))
 
     def pull_back(self, expanded: torch.Tensor) -> torch.Tensor:
         """E^T on a batch of expanded-filter gradients (n, *expanded_shape) -> (n, *weight.shape)."""
@@ -133,7 +136,7 @@ class SteerableGroupConv2d(_SteerableConvBase):
 
 
 def lifting_conv(in_channels: int, out_fields: int, kernel_size: int, group: str | PixelGroup, **kwargs) -> nn.Module:
-    """The lifting layer for ``group``: exact rot90/flip copies where the group acts on the grid, steerable otherwise."""
+    """The lifting layer for ``group``: exact rot90/flip copies where the group acts on the grid, else steerable."""
     group = get_group(group) if isinstance(group, str) else group
     cls = LiftingConv2d if group.acts_on_grid else SteerableLiftingConv2d
     return cls(in_channels, out_fields, kernel_size, group, **kwargs)
