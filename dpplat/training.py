@@ -11,18 +11,21 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from dpplat import data as datasets
 from dpplat import models
 from dpplat.augment import WeightEMA, make_views
 from dpplat.engine import PrivacyEngine
 from dpplat.engine.accounting import check_budget
+from dpplat.models.scatnet import FixedStemClassifier
 from dpplat.store import RunStore
 from dpplat.tomlfile import read_toml
 
@@ -132,15 +135,52 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.
     return torch.optim.Adam(model.parameters(), lr=config.lr)
 
 
+def fixed_stem(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module | None:
+    """The model's parameter-free stem when training may compute it once per image instead of every step.
+
+    Not with augmentation multiplicity: each step draws new views, and the stem must see them.
+    """
+    if isinstance(model, FixedStemClassifier) and config.augmult == 1:
+        return model.stem
+    return None
+
+
+@torch.no_grad()
+def stem_features(stem: torch.nn.Module, dataset, batch_size: int = 1024) -> TensorDataset:
+    """The stem's output for every image of ``dataset``, with its labels."""
+    features, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        features.append(stem(x))
+        labels.append(y)
+    return TensorDataset(torch.cat(features), torch.cat(labels))
+
+
+def trained_part(model: torch.nn.Module, stem: torch.nn.Module | None) -> torch.nn.Module:
+    """What the optimizer and the engine see: the head behind a cached stem, else the whole model.
+
+    The head is wrapped under the name ``head`` so that checkpoints carry the whole model's keys
+    (the stem stores nothing) and load back into ``build_model(config)``.
+    """
+    return nn.Sequential(OrderedDict(head=model.head)) if stem is not None else model
+
+
 def make_private_model(config: TrainConfig, train_set) -> tuple[torch.nn.Module, PrivacyEngine, tuple]:
-    """The zoo model, its optimizer and a Poisson loader over ``train_set``, made private as ``config`` says."""
+    """The zoo model, its optimizer and a Poisson loader over ``train_set``, made private as ``config`` says.
+
+    A model with a fixed stem trains its head on the stem's features, computed once here; the
+    returned model is the whole model, whose head the private optimizer updates in place.
+    """
     config.validate()  # the engine warns when delta > 1/N
     model = build_model(config)
-    optimizer = build_optimizer(config, model)
+    stem = fixed_stem(model, config)
+    if stem is not None:
+        train_set = stem_features(stem, train_set)
+    trained = trained_part(model, stem)
+    optimizer = build_optimizer(config, trained)
     loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True)
     engine = PrivacyEngine(accountant=config.accountant, secure_mode=config.secure_mode)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    common = dict(module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=config.max_grad_norm,
+    common = dict(module=trained, optimizer=optimizer, data_loader=loader, max_grad_norm=config.max_grad_norm,
                   clipping=config.clipping, noise_generator=None if config.secure_mode else generator)
     if config.sigma is None:
         triple = engine.make_private_with_epsilon(
@@ -162,8 +202,12 @@ def fit(config: TrainConfig, train_set, *, private: bool = True) -> torch.nn.Mod
         model, engine, (dp_model, dp_opt, loader) = make_private_model(config, train_set)
         steps = len(loader) * config.epochs
     else:
-        model = dp_model = build_model(config)
-        dp_opt = build_optimizer(config, model)
+        model = build_model(config)
+        stem = fixed_stem(model, config)
+        if stem is not None:
+            train_set = stem_features(stem, train_set)
+        dp_model = trained_part(model, stem)
+        dp_opt = build_optimizer(config, dp_model)
         loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True,
                             generator=torch.Generator().manual_seed(config.seed))
         steps = len(loader) * config.epochs
@@ -226,7 +270,11 @@ def train(
     dp_model.augmentation_multiplicity = config.augmult
     info = datasets.DATASETS[config.dataset]
     view_rng = torch.Generator().manual_seed(config.seed + 2)
-    evaluated = lambda: evaluate(ema.model if ema is not None else model, test_set) if main_process else None  # noqa: E731
+    stem = fixed_stem(model, config)
+    if stem is not None and main_process:  # evaluate the head on the test images' features, computed once
+        test_set = stem_features(stem, test_set)
+    scored = (lambda m: m.head) if stem is not None else (lambda m: m)  # noqa: E731
+    evaluated = lambda: evaluate(scored(ema.model if ema is not None else model), test_set) if main_process else None  # noqa: E731
     saved = lambda: {"step": step, **({"ema": ema.model.state_dict()} if ema is not None else {})}  # noqa: E731
     log_every = config.log_every or max(1, total_steps // 50)
     bar = _progress(total_steps, quiet or not main_process)

@@ -13,6 +13,8 @@ from dpplat.models.equivariant import get_group
     ("c8-cnn", 6762, (1, 28)), ("d8-cnn", 12138, (1, 28)),
     ("d4-resnet9", 231498, (3, 32)), ("c4-resnet9", 238970, (3, 32)), ("c8-resnet9", 203778, (3, 32)),
     ("wrn-16-4", 2748890, (3, 32)),
+    ("scatnet-linear", 39700, (1, 28)), ("scatnet-linear", 155530, (3, 32)),
+    ("scatnet-cnn", 32938, (1, 28)), ("scatnet-cnn", 179530, (3, 32)),
 ])
 def test_parameter_counts_match_the_registry_description(name, count, shape):
     info = models.info(name)
@@ -37,11 +39,12 @@ def test_equivariant_classifiers_are_invariant_to_their_group(name, channels, si
 
 
 def test_unknown_model_lists_the_available_ones():
-    with pytest.raises(ValueError, match="available: c4-cnn, c4-resnet9, c8-cnn, c8-resnet9, cnn, d4-cnn, d4-resnet9, d8-cnn, mlp, wrn-16-4"):
+    with pytest.raises(ValueError, match="available: c4-cnn, c4-resnet9, c8-cnn, c8-resnet9, cnn, d4-cnn, d4-resnet9, d8-cnn, mlp, "
+                       "scatnet-cnn, scatnet-linear, wrn-16-4"):
         models.create("resnet-1000")
 
 
-@pytest.mark.parametrize("name", ["d4-resnet9", "c8-resnet9", "wrn-16-4"])
+@pytest.mark.parametrize("name", ["d4-resnet9", "c8-resnet9", "wrn-16-4", "scatnet-cnn"])
 def test_cifar_architectures_take_a_private_step(name):
     torch.manual_seed(0)
     model = models.create(name, num_classes=10, in_channels=3, image_size=32)
