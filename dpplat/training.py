@@ -164,6 +164,16 @@ def trained_part(model: torch.nn.Module, stem: torch.nn.Module | None) -> torch.
     return nn.Sequential(OrderedDict(head=model.head)) if stem is not None else model
 
 
+def model_for_training(config: TrainConfig, train_set) -> tuple[torch.nn.Module, torch.nn.Module, object]:
+    """The whole model, the part the optimizer trains, and what that part trains on (a cached stem's
+    features in place of the images when the model has one)."""
+    model = build_model(config)
+    stem = fixed_stem(model, config)
+    if stem is not None:
+        train_set = stem_features(stem, train_set)
+    return model, trained_part(model, stem), train_set
+
+
 def make_private_model(config: TrainConfig, train_set) -> tuple[torch.nn.Module, PrivacyEngine, tuple]:
     """The zoo model, its optimizer and a Poisson loader over ``train_set``, made private as ``config`` says.
 
@@ -171,11 +181,7 @@ def make_private_model(config: TrainConfig, train_set) -> tuple[torch.nn.Module,
     returned model is the whole model, whose head the private optimizer updates in place.
     """
     config.validate()  # the engine warns when delta > 1/N
-    model = build_model(config)
-    stem = fixed_stem(model, config)
-    if stem is not None:
-        train_set = stem_features(stem, train_set)
-    trained = trained_part(model, stem)
+    model, trained, train_set = model_for_training(config, train_set)
     optimizer = build_optimizer(config, trained)
     loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True)
     engine = PrivacyEngine(accountant=config.accountant, secure_mode=config.secure_mode)
@@ -202,11 +208,7 @@ def fit(config: TrainConfig, train_set, *, private: bool = True) -> torch.nn.Mod
         model, engine, (dp_model, dp_opt, loader) = make_private_model(config, train_set)
         steps = len(loader) * config.epochs
     else:
-        model = build_model(config)
-        stem = fixed_stem(model, config)
-        if stem is not None:
-            train_set = stem_features(stem, train_set)
-        dp_model = trained_part(model, stem)
+        model, dp_model, train_set = model_for_training(config, train_set)
         dp_opt = build_optimizer(config, dp_model)
         loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True,
                             generator=torch.Generator().manual_seed(config.seed))
