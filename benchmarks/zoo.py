@@ -25,26 +25,30 @@ from dpplat.store import RunStore
 from dpplat.training import TrainConfig, train
 
 
+SHARED_RECIPE = {"epsilon": 1.0, "epochs": 2, "batch_size": 512, "lr": 0.003, "max_grad_norm": 1.0}
+
+
 def configs(args) -> list[tuple[str, TrainConfig]]:
-    overrides = {"epochs": args.epochs, "subset": args.subset}
-    if args.recipes:
-        return [(Path(p).name, TrainConfig.from_toml(p, **overrides)) for p in args.recipes]
-    return [(f"shared recipe, {name}", TrainConfig(
-        dataset=args.dataset, model=name, epsilon=args.epsilon, epochs=args.epochs or 2, batch_size=args.batch_size,
-        optimizer="adam", lr=args.lr, max_grad_norm=args.max_grad_norm, subset=args.subset))
-        for name in args.models.split(",")]
+    given = {"epochs": args.epochs, "subset": args.subset, "epsilon": args.epsilon, "batch_size": args.batch_size,
+             "lr": args.lr, "max_grad_norm": args.max_grad_norm}
+    given = {key: value for key, value in given.items() if value is not None}
+    if args.recipes:  # only the flags given on the command line override a recipe
+        return [(Path(p).name, TrainConfig.from_toml(p, **given)) for p in args.recipes]
+    shared = {**SHARED_RECIPE, **given}
+    return [(f"shared recipe, {name}", TrainConfig(dataset=args.dataset, model=name, optimizer="adam", **shared))
+            for name in args.models.split(",")]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", nargs="*", help="models/*.toml files to run as they are (overrides below apply)")
     parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--epsilon", type=float, default=1.0)
+    parser.add_argument("--epsilon", type=float, default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--models", default="cnn,c4-cnn,d4-cnn,c8-cnn")
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=0.003)
-    parser.add_argument("--max-grad-norm", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--max-grad-norm", type=float, default=None)
     parser.add_argument("--subset", type=int, default=None, help="train on this many images (a quick check)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Optimal order")
