@@ -275,8 +275,7 @@ def train(
     stem = fixed_stem(model, config)
     if stem is not None and main_process:  # evaluate the head on the test images' features, computed once
         test_set = stem_features(stem, test_set)
-    scored = (lambda m: m.head) if stem is not None else (lambda m: m)  # noqa: E731
-    evaluated = lambda: evaluate(scored(ema.model if ema is not None else model), test_set) if main_process else None  # noqa: E731
+    evaluated = lambda: evaluate(trained_part(ema.model if ema is not None else model, stem), test_set) if main_process else None  # noqa: E731
     saved = lambda: {"step": step, **({"ema": ema.model.state_dict()} if ema is not None else {})}  # noqa: E731
     log_every = config.log_every or max(1, total_steps // 50)
     bar = _progress(total_steps, quiet or not main_process)

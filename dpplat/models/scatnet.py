@@ -28,13 +28,16 @@ class FixedStemClassifier(nn.Module):
         return self.head(self.stem(x))
 
 
-def scattering_stem(in_channels: int, image_size: int, J: int = 2, L: int = 8) -> tuple[nn.Module, int]:
+def scattering_stem(in_channels: int, image_size: int, J: int = 2, L: int = 8) -> tuple[nn.Module, int, int]:
     """Scattering, then GroupNorm without affine parameters over groups of channels (Tramer & Boneh use 27
-    groups): a per-image normalisation, so it reads no other image and leaks nothing."""
+    groups): a per-image normalisation, so it reads no other image and leaks nothing.
+
+    Returns the stem, its output channels and its output side (the image side over 2^J).
+    """
     scattering = Scattering2D(J=J, L=L, image_size=image_size)
     channels = in_channels * scattering.channels_per_input
     groups = 27 if channels % 27 == 0 else 1
-    return nn.Sequential(scattering, nn.GroupNorm(groups, channels, affine=False)), channels
+    return nn.Sequential(scattering, nn.GroupNorm(groups, channels, affine=False)), channels, image_size // 2 ** J
 
 
 @register_model(
@@ -47,8 +50,7 @@ def scattering_stem(in_channels: int, image_size: int, J: int = 2, L: int = 8) -
     ),
 )
 def scatnet_linear(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
-    stem, channels = scattering_stem(in_channels, image_size)
-    side = image_size // 4
+    stem, channels, side = scattering_stem(in_channels, image_size)
     return FixedStemClassifier(stem, nn.Sequential(nn.Flatten(), nn.Linear(channels * side * side, num_classes)))
 
 
@@ -62,9 +64,9 @@ def scatnet_linear(*, num_classes: int = 10, in_channels: int = 1, image_size: i
     ),
 )
 def scatnet_cnn(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
-    stem, channels = scattering_stem(in_channels, image_size)
+    stem, channels, side = scattering_stem(in_channels, image_size)
     width = 32 if in_channels == 1 else 64
-    side = image_size // 4 // 2 // 2
+    side = side // 2 // 2  # two max-pools
     head = nn.Sequential(
         nn.Conv2d(channels, width, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
         nn.Conv2d(width, width, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),

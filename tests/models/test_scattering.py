@@ -73,17 +73,20 @@ def test_scatnet_per_sample_gradients_match_the_loop(name, clipping):
     check_rule(models.create(name, in_channels=1, image_size=28), torch.rand(5, 1, 28, 28), clipping=clipping, C=0.05)
 
 
-def test_fixed_stem_runs_once_per_image_and_checkpoints_load_into_the_registry_model(tmp_path):
-    calls = []
+def _count_stem_rows(monkeypatch) -> list[int]:
+    """Record the batch size of every Scattering2D forward."""
+    calls: list[int] = []
+    original = Scattering2D.forward
+    monkeypatch.setattr(Scattering2D, "forward", lambda self, x: calls.append(len(x)) or original(self, x))
+    return calls
+
+
+def test_fixed_stem_runs_once_per_image_and_checkpoints_load_into_the_registry_model(tmp_path, monkeypatch):
     config = TrainConfig(dataset="mnist", model="scatnet-linear", epsilon=2.0, epochs=3, batch_size=64, subset=256,
                          test_subset=100, optimizer="adam", lr=3e-3, max_grad_norm=1.0)
     train_set = data.load_dataset("mnist", subset=256, seed=0)
-    original = Scattering2D.forward
-    Scattering2D.forward = lambda self, x: calls.append(len(x)) or original(self, x)
-    try:
-        model = fit(config, train_set)
-    finally:
-        Scattering2D.forward = original
+    calls = _count_stem_rows(monkeypatch)
+    model = fit(config, train_set)
     assert sum(calls) == 256  # three epochs, but each image through the stem once
     with torch.no_grad():
         x = train_set.tensors[0][:4]
@@ -99,16 +102,11 @@ def test_fixed_stem_runs_once_per_image_and_checkpoints_load_into_the_registry_m
     assert (logits.argmax(1) == test_set.tensors[1]).float().mean().item() == pytest.approx(result.accuracy)
 
 
-def test_augmentation_multiplicity_trains_through_the_stem(tmp_path):
+def test_augmentation_multiplicity_trains_through_the_stem(tmp_path, monkeypatch):
     """With K views per image each step, the stem must see the views: nothing is cached."""
-    calls = []
     config = TrainConfig(dataset="mnist", model="scatnet-linear", epsilon=2.0, epochs=1, batch_size=32, subset=64,
                          test_subset=50, optimizer="adam", lr=3e-3, max_grad_norm=1.0, augmult=2)
-    original = Scattering2D.forward
-    Scattering2D.forward = lambda self, x: calls.append(len(x)) or original(self, x)
-    try:
-        result = train(config, store=RunStore(tmp_path / "runs.db"), quiet=True)
-    finally:
-        Scattering2D.forward = original
+    calls = _count_stem_rows(monkeypatch)
+    result = train(config, store=RunStore(tmp_path / "runs.db"), quiet=True)
     assert result.status == "finished" and result.steps == 2
     assert sum(calls) > 64 + 50 and all(n % 2 == 0 for n in calls[:-2])  # two views a row, per step
