@@ -31,11 +31,13 @@ from dpplat.audits.target import pixel_images
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def throughput(config: DefenseAuditConfig, workdir: Path, queries: int = 2000) -> list[dict]:
+def throughput(config: DefenseAuditConfig, workdir: Path, queries: int = 2000, history: int = 0) -> list[dict]:
     """Detection alone (the model's forward pass excluded) and end to end, in queries per second.
 
     Without a trained target in ``workdir`` an untrained one of the same architecture is used:
-    the cost of a forward pass does not depend on the weights."""
+    the cost of a forward pass does not depend on the weights. ``history`` distinct training
+    images are stored first, because an attack's history grows to its query budget and a
+    lookup that scans it slows down with it."""
     torch.set_num_threads(1)
     if (workdir / "target.pt").exists():
         model = load_target(workdir / "target.pt")
@@ -47,16 +49,21 @@ def throughput(config: DefenseAuditConfig, workdir: Path, queries: int = 2000) -
         model = PixelClassifier(build_model(_target_config(config)), config.dataset)
     x, _ = pixel_images(config.dataset, "test", subset=queries, seed=21, data_dir=config.data_dir)
     logits = model(x)
+    stored = pixel_images(config.dataset, "train", subset=history, seed=22, data_dir=config.data_dir)[0] if history else x[:0]
     rows = []
     for name in config.defenses:
         defense = _build_defense(name, model, config, workdir)
         for label, forward in (("detection only", lambda z: logits[:len(z)]), ("with the model", model)):
-            defense.model = forward
+            defense.model = lambda z: torch.zeros(len(z), logits.shape[1])
             defense.reset()
+            for i in range(0, len(stored), 500):
+                defense.query(stored[i:i + 500])
+            defense.model, before = forward, defense.history_size
             started = time.perf_counter()
             for i in range(0, queries, 100):
                 defense.query(x[i:i + 100])
-            rows.append({"defense": name, "measured": label, "queries_per_s": queries / (time.perf_counter() - started)})
+            rows.append({"defense": name, "measured": label, "history": before,
+                         "queries_per_s": queries / (time.perf_counter() - started)})
     return rows
 
 
@@ -78,9 +85,9 @@ def markdown(results: dict, rates: list[dict], config: DefenseAuditConfig, wall:
         for name, cal in results["defenses"].items():
             lines.append(f"| {name} | {100 * cal['false_positive_rate']:.1f}% |")
     if rates:
-        lines += ["", "| defense | measured | queries/s (one core) |", "|---|---|---|"]
+        lines += ["", "| defense | measured | stored before | queries/s (one core) |", "|---|---|---|---|"]
         for r in rates:
-            lines.append(f"| {r['defense']} | {r['measured']} | {r['queries_per_s']:,.0f} |")
+            lines.append(f"| {r['defense']} | {r['measured']} | {r['history']:,} | {r['queries_per_s']:,.0f} |")
     return "\n".join(lines)
 
 
@@ -99,6 +106,8 @@ def main(argv=None) -> dict:
                         help="with --summarise: the worker count the run used (it names the job files)")
     parser.add_argument("--throughput-only", action="store_true",
                         help="only measure the defenses' queries per second and false positives")
+    parser.add_argument("--history", type=int, default=0,
+                        help="with --throughput-only: store this many distinct training images first")
     parser.add_argument("--summarise", action="store_true",
                         help="only tabulate the job files already in --workdir (a run cut short), run nothing")
     args = parser.parse_args(argv)
@@ -109,9 +118,10 @@ def main(argv=None) -> dict:
     started = time.time()
     if args.throughput_only:
         workdir.mkdir(parents=True, exist_ok=True)
-        rates = throughput(config, workdir)
+        rates = throughput(config, workdir, history=args.history)
         for r in rates:
-            print(f"{config.dataset:<10}{r['defense']:<20}{r['measured']:<16}{r['queries_per_s']:>10,.0f} queries/s")
+            print(f"{config.dataset:<10}{r['defense']:<20}{r['measured']:<16}{r['history']:>8,} stored"
+                  f"{r['queries_per_s']:>10,.0f} queries/s")
         return {"throughput": rates}
     if args.summarise:
         results = collect(config, workdir, plan_jobs(config, workdir, args.workers_of_run or args.workers or 1))

@@ -43,6 +43,36 @@ def test_hash_defenses_catch_repeats_and_pass_benign_images(benign, dataset, nam
     assert caught >= 45, f"only {caught}/50 slightly perturbed repeats were caught"
 
 
+@pytest.mark.parametrize("threshold", [0.02, 0.05, 0.1])
+def test_piha_index_finds_what_a_scan_of_the_history_finds(benign, threshold):
+    """The bucket index must flag exactly the queries a linear scan flags, and answer with the same match."""
+    g = torch.Generator().manual_seed(1)
+    originals = benign["mnist"][:150]
+    copies = originals[torch.randint(0, 150, (300,), generator=g)]
+    strength = torch.tensor([0.005, 0.02, 0.05, 0.1])[torch.randint(0, 4, (300,), generator=g)].view(-1, 1, 1, 1)
+    copies = (copies + strength * torch.randn(copies.shape, generator=g)).clamp(0, 1)
+    x = torch.cat([originals, copies])[torch.randperm(450, generator=g)]
+    defense = create_defense("piha", Flat((1, 28, 28)), input_shape=(1, 28, 28), threshold=threshold)
+    answers = [defense.query(batch) for batch in x.split(37)]  # matches inside a batch too
+    rejected = torch.cat([a.rejected for a in answers])
+    log_probs = torch.cat([a.log_probs for a in answers])
+
+    codes = defense.perceptual_hash(x).numpy()
+    stored: list[int] = []
+    for i, code in enumerate(codes):
+        nearest = None
+        if stored:
+            mismatches = (codes[stored] != code).sum(1)
+            if mismatches.min() / codes.shape[1] <= threshold + 1e-12:
+                nearest = stored[int(mismatches.argmin())]
+        assert bool(rejected[i]) == (nearest is not None), f"query {i}"
+        if nearest is None:
+            stored.append(i)
+        else:
+            assert torch.equal(log_probs[i], log_probs[nearest]), f"query {i} got another query's cached answer"
+    assert 20 <= int(rejected.sum()) <= 300, "the probe should mix hits and misses"
+
+
 def test_blacklight_fast_hash_is_exact_on_windows():
     """Two windows share a fast hash only when they are identical: the encoding is exact, the scramble a bijection."""
     rng = np.random.default_rng(0)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from dpplat.audits.defenses.base import StatefulDefense, register_defense
+from dpplat.audits.defenses.postings import PostingLists
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -77,7 +78,7 @@ class Blacklight(StatefulDefense):
         self.salt = (self.rng.random(size) * 255).astype(np.float32) if self.use_salt else np.zeros(size, np.float32)
         self.key = np.uint64(self.rng.integers(0, 2**63))
         self._black = self.quantize(torch.zeros(1, *self.input_shape))  # what a black image quantises to (salted)
-        self.index: dict[int, list] = {}  # hash -> [query ids (int32 array), how many are used]
+        self.index = PostingLists()  # window hash -> query ids
         self.count = 0
 
     def quantize(self, x: torch.Tensor) -> np.ndarray:
@@ -115,9 +116,9 @@ class Blacklight(StatefulDefense):
         """The stored query sharing the most hashes with query ``i``: one bincount over its posting lists.
 
         Near-duplicate attack traffic makes some posting lists as long as the history, so they are
-        numpy arrays counted in one pass, not Python lists walked by a Counter (8x slower here).
+        counted in one pass, not walked by a Counter (8x slower here).
         """
-        postings = [p[0][:p[1]] for p in map(self.index.get, digests[i].tolist()) if p is not None]
+        postings = [p for p in map(self.index.get, digests[i].tolist()) if p is not None]
         if len(postings) < self.match_threshold:
             return False, None
         counts = np.bincount(np.concatenate(postings))
@@ -126,13 +127,5 @@ class Blacklight(StatefulDefense):
 
     def _remember(self, digests, i) -> None:
         for h in digests[i].tolist():
-            posting = self.index.get(h)
-            if posting is None:
-                self.index[h] = [np.full(4, self.count, dtype=np.int32), 1]
-                continue
-            ids, n = posting
-            if n == len(ids):  # grow by doubling: appends stay amortised O(1)
-                ids = posting[0] = np.concatenate([ids, np.empty_like(ids)])
-            ids[n] = self.count
-            posting[1] = n + 1
+            self.index.add(h, self.count)
         self.count += 1
