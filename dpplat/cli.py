@@ -31,6 +31,10 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--test-subset", type=int, help="evaluate on a subset of the test split")
     p.add_argument("--augmult", type=int, help="augmentation multiplicity: K views per example, averaged before clipping")
     p.add_argument("--ema-decay", type=float, help="evaluate an exponential moving average of the weights")
+    p.add_argument("--data-norm-noise", type=float,
+                   help="noise multiplier of the private release of *-datanorm models' feature statistics (default 8)")
+    p.add_argument("--data-norm-clip", type=float,
+                   help="L2 bound on one example's channel means (and mean squares) in that release (default 3)")
     p.add_argument("--secure-mode", action="store_true", default=None, help="noise from the OS CSPRNG")
     p.add_argument("--name", help="a label for the run")
     p.add_argument("--data-dir", help="folder with the dataset files (default: DPPLAT_DATA or ../shared/data)")
@@ -47,7 +51,7 @@ def train_config_from_args(args: argparse.Namespace):
     overrides = {k: getattr(args, k) for k in (
         "dataset", "model", "epsilon", "delta", "sigma", "epochs", "batch_size", "max_grad_norm", "clipping",
         "accountant", "optimizer", "lr", "momentum", "seed", "subset", "test_subset", "secure_mode", "name", "data_dir",
-        "augmult", "ema_decay",
+        "augmult", "ema_decay", "data_norm_noise", "data_norm_clip",
     )}
     if args.config:
         return TrainConfig.from_toml(args.config, **overrides)

@@ -25,7 +25,8 @@ from dpplat import models
 from dpplat.augment import WeightEMA, make_views
 from dpplat.engine import PrivacyEngine
 from dpplat.engine.accounting import check_budget
-from dpplat.models.scatnet import FixedStemClassifier
+from dpplat.engine.statistics import private_channel_moments
+from dpplat.models.scatnet import DataNorm, FixedStemClassifier
 from dpplat.store import RunStore
 from dpplat.tomlfile import read_toml
 
@@ -61,6 +62,8 @@ class TrainConfig:
     log_every: int = 0
     augmult: int = 1
     ema_decay: float | None = None
+    data_norm_noise: float = 8.0  # Tramer & Boneh's bn_noise_multiplier; only *-datanorm models release statistics
+    data_norm_clip: float = 3.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -90,6 +93,9 @@ class TrainConfig:
             raise ValueError(f"--ema-decay must be in (0, 1), got {self.ema_decay}.")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"--optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
+        if not self.data_norm_noise > 0 or not self.data_norm_clip > 0:
+            raise ValueError(f"--data-norm-noise and --data-norm-clip must be > 0, got {self.data_norm_noise} and "
+                             f"{self.data_norm_clip}.")
 
 
 @dataclass
@@ -174,17 +180,39 @@ def model_for_training(config: TrainConfig, train_set) -> tuple[torch.nn.Module,
     return model, trained_part(model, stem), train_set
 
 
+def release_data_norm(model: torch.nn.Module, train_set, config: TrainConfig, engine: PrivacyEngine) -> None:
+    """Fill the model's ``DataNorm`` with privately released statistics of the training features, and
+    charge the engine for the release before it calibrates the DP-SGD noise. No-op for other models.
+
+    ``train_set`` is what the trained part sees: the stem's cached features, or the images when the
+    stem runs every step (augmentation multiplicity), whose features are then computed once here.
+    """
+    norms = [m for m in model.modules() if isinstance(m, DataNorm)]
+    if not norms:
+        return
+    if len(norms) > 1 or not isinstance(model, FixedStemClassifier) or model.head[0] is not norms[0]:
+        raise ValueError("DataNorm is supported as the first layer of a fixed-stem model's head only.")
+    features = train_set if fixed_stem(model, config) is not None else stem_features(model.stem, train_set)
+    generator = None if config.secure_mode else torch.Generator().manual_seed(config.seed + 3)
+    moments = private_channel_moments(features.tensors[0], noise_multiplier=config.data_norm_noise,
+                                      clip=config.data_norm_clip, secure=config.secure_mode, generator=generator)
+    norms[0].set_statistics(moments.mean, moments.var)
+    engine.record_release(*moments.accountant_entry())
+
+
 def make_private_model(config: TrainConfig, train_set) -> tuple[torch.nn.Module, PrivacyEngine, tuple]:
     """The zoo model, its optimizer and a Poisson loader over ``train_set``, made private as ``config`` says.
 
     A model with a fixed stem trains its head on the stem's features, computed once here; the
-    returned model is the whole model, whose head the private optimizer updates in place.
+    returned model is the whole model, whose head the private optimizer updates in place. A
+    ``DataNorm`` head gets its statistics here, and the engine composes their release.
     """
     config.validate()  # the engine warns when delta > 1/N
     model, trained, train_set = model_for_training(config, train_set)
+    engine = PrivacyEngine(accountant=config.accountant, secure_mode=config.secure_mode)
+    release_data_norm(model, train_set, config, engine)
     optimizer = build_optimizer(config, trained)
     loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True)
-    engine = PrivacyEngine(accountant=config.accountant, secure_mode=config.secure_mode)
     generator = torch.Generator().manual_seed(config.seed + 1)
     common = dict(module=trained, optimizer=optimizer, data_loader=loader, max_grad_norm=config.max_grad_norm,
                   clipping=config.clipping, noise_generator=None if config.secure_mode else generator)
@@ -209,6 +237,7 @@ def fit(config: TrainConfig, train_set, *, private: bool = True) -> torch.nn.Mod
         steps = len(loader) * config.epochs
     else:
         model, dp_model, train_set = model_for_training(config, train_set)
+        release_data_norm(model, train_set, config, PrivacyEngine(accountant=config.accountant))  # same model
         dp_opt = build_optimizer(config, dp_model)
         loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True,
                             generator=torch.Generator().manual_seed(config.seed))

@@ -12,6 +12,8 @@ import copy
 import math
 import warnings
 
+import numpy as np
+
 from opacus.accountants import create_accountant
 from opacus.accountants.accountant import IAccountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -51,7 +53,8 @@ def epsilon_of(accountant: IAccountant, delta: float, history: list | None = Non
         probe.history = history
     if not probe.history:
         return 0.0
-    return float(probe.get_epsilon(delta=delta))
+    with np.errstate(divide="ignore"):  # PRV takes log(1 - q): -inf, handled, for a full-data release (q = 1)
+        return float(probe.get_epsilon(delta=delta))
 
 
 def _with_steps(history: list, noise_multiplier: float, sample_rate: float, steps: int) -> list:
@@ -93,16 +96,42 @@ def steps_within_budget(
 
 
 def calibrate_noise(
-    *, target_epsilon: float, target_delta: float, sample_rate: float, steps: int, accountant: str
+    *, target_epsilon: float, target_delta: float, sample_rate: float, steps: int, accountant: str,
+    prior: list | tuple = (),
 ) -> float:
-    """Smallest sigma (to Opacus's tolerance) whose epsilon after ``steps`` is at most the target."""
-    return float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=target_delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant,
-            epsilon_tolerance=0.01,
+    """Smallest sigma (to Opacus's tolerance) whose epsilon after ``steps`` is at most the target.
+
+    ``prior`` is history already spent on the same data (a private release of normalisation
+    statistics, say): the steps are composed after it, so sigma covers only what is left.
+    """
+    if not prior:
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=target_delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+                epsilon_tolerance=0.01,
+            )
         )
-    )
+    probe = make_accountant(accountant)
+    prior = [tuple(h) for h in prior]
+    spent = epsilon_of(probe, target_delta, prior)
+    if spent >= target_epsilon:
+        raise ValueError(f"what was released before training already spends epsilon = {spent:.3f} of the "
+                         f"{target_epsilon} budget; raise the budget or add more noise to those releases.")
+    epsilon = lambda sigma: epsilon_of(probe, target_delta, prior + [(sigma, sample_rate, steps)])  # noqa: E731
+    low, high = 0.0, 10.0
+    eps_high = epsilon(high)
+    while eps_high > target_epsilon:  # the same search as Opacus's get_noise_multiplier
+        low, high = high, 2 * high
+        eps_high = epsilon(high)
+    while target_epsilon - eps_high > 0.01:
+        mid = (low + high) / 2
+        eps_mid = epsilon(mid)
+        if eps_mid <= target_epsilon:
+            high, eps_high = mid, eps_mid
+        else:
+            low = mid
+    return high

@@ -45,6 +45,7 @@ class PrivacyEngine:
         self.data_loader: DataLoader | None = None
         self.target_epsilon: float | None = None
         self.target_delta: float | None = None
+        self.releases: list[tuple[float, float, int]] = []
 
     # -- making things private -------------------------------------------------------------
     def make_private(
@@ -113,6 +114,19 @@ class PrivacyEngine:
         self._refresh_budget()
         return dp_module, dp_optimizer, data_loader
 
+    def record_release(self, noise_multiplier: float, sample_rate: float = 1.0, count: int = 1) -> None:
+        """Compose ``count`` Gaussian mechanisms at (``noise_multiplier``, ``sample_rate``) on the training data,
+        released before training (for example private normalisation statistics): epsilon includes them, and
+        ``make_private_with_epsilon`` calibrates the DP-SGD noise to what they leave of the budget."""
+        if self.optimizer is not None:
+            raise RuntimeError("record releases before make_private: the budget and the noise are set there.")
+        if not noise_multiplier > 0 or not 0 < sample_rate <= 1 or count < 1:
+            raise ValueError(f"a release needs noise_multiplier > 0, 0 < sample_rate <= 1 and count >= 1; got "
+                             f"{noise_multiplier}, {sample_rate}, {count}.")
+        entry = (float(noise_multiplier), float(sample_rate), int(count))
+        self.releases.append(entry)
+        self.accountant.history.append(entry)
+
     def make_private_with_epsilon(
         self,
         *,
@@ -136,6 +150,7 @@ class PrivacyEngine:
             sample_rate=sample_rate,
             steps=int(epochs * len(data_loader)),
             accountant=self.accountant_name,
+            prior=self.accountant.history,
         )
         return self.make_private(
             module=module, optimizer=optimizer, data_loader=data_loader, noise_multiplier=sigma,
@@ -150,7 +165,8 @@ class PrivacyEngine:
 
     @property
     def steps_taken(self) -> int:
-        return sum(int(h[2]) for h in self.accountant.history)
+        """DP-SGD steps only: releases recorded before training are in the history but are not steps."""
+        return sum(int(h[2]) for h in self.accountant.history) - sum(r[2] for r in self.releases)
 
     @property
     def steps_remaining(self) -> int | None:
@@ -193,6 +209,7 @@ class PrivacyEngine:
             clipping=self.module.clipping,
             max_grad_norm=self.module.sensitivity,
             poisson_sampling=self.poisson_sampling,
+            releases=tuple(self.releases),
         )
 
     # -- checkpoints -------------------------------------------------------------------------

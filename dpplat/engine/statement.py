@@ -17,6 +17,7 @@ class PrivacyStatement:
     clipping: str
     max_grad_norm: float
     poisson_sampling: bool
+    releases: tuple = ()  # (noise multiplier, sample rate, count) of Gaussian releases composed before training
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -32,6 +33,8 @@ class PrivacyStatement:
             f"Noise multiplier sigma: {self.noise_multiplier:.4g}; clipping: {self.clipping}, total sensitivity C = {self.max_grad_norm:.4g}",
             f"Steps: {self.steps} ({epochs:.2f} epochs)",
             f"Accountant: {self.accountant.upper()} (Opacus), epsilon reported as its upper bound",
+            *[f"Composed before training: {count} Gaussian release(s) of data statistics, noise multiplier "
+              f"{sigma:.4g}, sample rate {rate:.4g}" for sigma, rate, count in self.releases],
             "",
             f"Guarantee: the training algorithm satisfies ({self.epsilon:.3f}, {self.delta:.1e})-differential privacy",
             "under add/remove-one-example adjacency: adding or removing any single training example changes the",

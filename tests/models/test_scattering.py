@@ -5,6 +5,7 @@ import torch
 
 from dpplat import data, models
 from dpplat.audits.target import load_run_model
+from dpplat.models.scatnet import DataNorm
 from dpplat.models.scattering import Scattering2D, morlet_filter_bank
 from dpplat.store import RunStore
 from dpplat.training import TrainConfig, fit, train
@@ -66,11 +67,45 @@ def test_scattering_names_the_image_size_it_expects():
         Scattering2D(image_size=28)(torch.rand(1, 3, 32, 32))
 
 
-@pytest.mark.parametrize("name", ["scatnet-linear", "scatnet-cnn"])
+@pytest.mark.parametrize("name", ["scatnet-linear", "scatnet-cnn", "scatnet-cnn-datanorm"])
 @pytest.mark.parametrize("clipping", ["per_layer", "flat"])
 def test_scatnet_per_sample_gradients_match_the_loop(name, clipping):
     torch.manual_seed(0)
-    check_rule(models.create(name, in_channels=1, image_size=28), torch.rand(5, 1, 28, 28), clipping=clipping, C=0.05)
+    model = models.create(name, in_channels=1, image_size=28)
+    for norm in model.modules():
+        if isinstance(norm, DataNorm):
+            norm.set_statistics(torch.rand(81) * 0.1, torch.rand(81) * 0.02)
+    check_rule(model, torch.rand(5, 1, 28, 28), clipping=clipping, C=0.05)
+
+
+def test_data_norm_is_released_privately_composed_and_saved_with_the_head(tmp_path, monkeypatch):
+    config = TrainConfig(dataset="mnist", model="scatnet-linear-datanorm", epsilon=2.0, epochs=2, batch_size=64,
+                         subset=256, test_subset=100, optimizer="adam", lr=3e-3, max_grad_norm=1.0)
+    train_set = data.load_dataset("mnist", subset=256, seed=0)
+    calls = _count_stem_rows(monkeypatch)
+    model = fit(config, train_set)
+    assert sum(calls) == 256, "the release reads the cached features, not a second pass of the stem"
+    norm = model.head[0]
+    with torch.no_grad():
+        raw = model.stem(train_set.tensors[0])
+    # no MNIST example's channel means reach the clip (3), so the mean is off by the noise alone: sigma C / N
+    noise = (norm.mean - raw.mean((0, 2, 3))) / (config.data_norm_noise * config.data_norm_clip / 256)
+    assert 0.7 < noise.std().item() < 1.3 and noise.abs().max() < 5
+    assert not torch.equal(norm.var, torch.ones_like(norm.var)) and (norm.var >= 0).all()
+
+    result = train(config, store=RunStore(tmp_path / "runs.db"), quiet=True)
+    assert "Composed before training: 2 Gaussian release(s) of data statistics, noise multiplier 8" in result.statement
+    assert result.epsilon <= 2.0
+    loaded, _ = load_run_model(RunStore(tmp_path / "runs.db"), result.run_id)
+    assert torch.equal(loaded.model.head[0].var, result.model.head[0].var)
+    test_images = data.load_dataset("mnist", "test", subset=100, seed=0).tensors[0]
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(test_images), result.model.eval()(test_images))
+
+    calls.clear()
+    views = fit(TrainConfig(**{**config.__dict__, "augmult": 2, "epochs": 1}), train_set)
+    assert not torch.equal(views.head[0].var, torch.ones_like(views.head[0].var))
+    assert calls[0] == 256, "with the stem in every step, the release first runs it once over the images"
 
 
 def _count_stem_rows(monkeypatch) -> list[int]:
