@@ -159,3 +159,25 @@ def test_bad_inputs_are_refused_clearly(mnist_model, mnist_test):
     with pytest.raises(ValueError, match="eps"):
         create_attack("square", eps=0)
     assert set(ATTACKS) <= set(available_attacks())
+
+
+def test_oars_floors_double_under_rejections_and_relax_back_to_stage_one():
+    """Stage 2 follows the attack's own rejection rate both ways, never below what stage 1 measured."""
+    attack = create_attack("hsja", eps=0.1, escalate_window=100, relax_below=0.1)
+    attack.floors = {"min_delta": 0.5}
+    attack._window, attack.escalations, attack._stage1 = [0, 0], 0, {"min_delta": 0.5}
+    attack._watch(100, 60)  # over half rejected: double
+    attack._watch(100, 80)
+    assert attack.floors["min_delta"] == 2.0 and attack.escalations == 2
+    attack._watch(100, 30)  # in between: hold
+    assert attack.floors["min_delta"] == 2.0
+    attack._watch(50, 2)  # not a full window yet
+    assert attack.floors["min_delta"] == 2.0
+    attack._watch(50, 2)  # 4% rejected: halve
+    assert attack.floors["min_delta"] == 1.0
+    for _ in range(5):
+        attack._watch(100, 0)
+    assert attack.floors["min_delta"] == 0.5, "never below stage 1's floor"
+    for _ in range(20):
+        attack._watch(100, 100)
+    assert attack.floors["min_delta"] == 20.0, "capped at the knob's high end"

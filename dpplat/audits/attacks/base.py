@@ -18,7 +18,8 @@ back and the attack adapts:
   adversarial point. The history fills as the attack goes on, so a floor that was
   enough at the start stops being enough: when over half of the last
   ``escalate_window`` queries were rejected, every knob's floor doubles (up to the
-  knob's high end). This is stage 1's measurement repeated on the attack's own queries.
+  knob's high end), and when fewer than ``relax_below`` of them were, it halves (down to
+  stage 1's value). This is stage 1's measurement repeated on the attack's own queries.
 
 Images are tensors in [0, 1]; distances are L2 normalised by sqrt(d), or L-infinity.
 """
@@ -145,13 +146,14 @@ class Attack:
     knobs: tuple[Knob, ...] = ()
 
     def __init__(self, *, eps: float = 0.05, target_rate: float = 0.05, probes: int = 20, search_steps: int = 8,
-                 max_resamples: int = 20, escalate_window: int = 100, seed: int = 0) -> None:
+                 max_resamples: int = 20, escalate_window: int = 100, relax_below: float = 0.1,
+                 seed: int = 0) -> None:
         if eps <= 0:
             raise ValueError(f"eps must be positive, got {eps}.")
         if not 0 <= target_rate < 1:
             raise ValueError(f"target_rate must be in [0, 1), got {target_rate}.")
         self.eps, self.target_rate, self.probes, self.search_steps = eps, target_rate, probes, search_steps
-        self.max_resamples, self.escalate_window = max_resamples, escalate_window
+        self.max_resamples, self.escalate_window, self.relax_below = max_resamples, escalate_window, relax_below
         self.seed = seed
 
     # ---- helpers for subclasses ----------------------------------------------------
@@ -241,16 +243,28 @@ class Attack:
         return point
 
     def _watch(self, queries: int, rejected: int) -> None:
-        """OARS: double every floor when more than half of the recent queries were rejected."""
+        """OARS: double every floor when more than half of the recent queries were rejected, and halve it
+        again (never below stage 1's value) when almost none were.
+
+        Without the way back, a burst of rejections near the boundary (the history is densest there)
+        ratchets the floors up to their high end for the rest of the attack, and a gradient-estimation
+        radius that large no longer estimates anything.
+        """
         self._window[0] += queries
         self._window[1] += rejected
         if self._window[0] < self.escalate_window:
             return
-        if 2 * self._window[1] > self._window[0]:
+        rate = self._window[1] / self._window[0]
+        if rate > 0.5:
             for knob in self.knobs:
                 value = self.floors.get(knob.attribute, knob.low)
                 self.floors[knob.attribute] = min(value + 1 if knob.integer else value * 2, knob.high)
             self.escalations += 1
+        elif rate < self.relax_below:
+            for knob in self.knobs:
+                if knob.attribute in self._stage1:
+                    value, lowest = self.floors[knob.attribute], self._stage1[knob.attribute]
+                    self.floors[knob.attribute] = max(value - 1 if knob.integer else value / 2, lowest)
         self._window = [0, 0]
 
     def generator(self, image_index: int = 0) -> torch.Generator:
@@ -284,7 +298,7 @@ class Attack:
             if mode == "oars":
                 self.floors = calibrate_knobs(self, oracle, x)
                 stage1 = dict(self.floors)
-                self._window, self.escalations = [0, 0], 0
+                self._window, self.escalations, self._stage1 = [0, 0], 0, dict(self.floors)
                 oracle.watch = self._watch
             self._run(oracle, x, start)
             if self.done():
