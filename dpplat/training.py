@@ -196,6 +196,9 @@ def release_data_norm(model: torch.nn.Module, train_set, config: TrainConfig, en
     generator = None if config.secure_mode else torch.Generator().manual_seed(config.seed + 3)
     moments = private_channel_moments(features.tensors[0], noise_multiplier=config.data_norm_noise,
                                       clip=config.data_norm_clip, secure=config.secure_mode, generator=generator)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for stat in (moments.mean, moments.var):  # one release for all ranks (secure mode draws per process)
+            torch.distributed.broadcast(stat, src=0)
     norms[0].set_statistics(moments.mean, moments.var)
     engine.record_release(*moments.accountant_entry())
 
