@@ -88,7 +88,9 @@ class PIHA(StatefulDefense):
         self.tolerance = float(block * block) if tolerance is None else tolerance
         self.kernel = _gaussian_kernel().view(1, 1, 3, 3)
         self.width = self.perceptual_hash(torch.zeros(1, *input_shape)).shape[1]  # codes per hash
-        self._positions = self._parts(self.width)
+        # a hit differs from a stored hash in at most this many codes (threshold < 1, so fewer than width)
+        self.max_mismatches = max(k for k in range(self.width + 1) if k / self.width <= threshold + 1e-12)
+        self._positions = self._parts()
         self._clear()
 
     @property
@@ -120,7 +122,7 @@ class PIHA(StatefulDefense):
     def _digest(self, x: torch.Tensor) -> np.ndarray:
         return self.perceptual_hash(x).numpy().astype(np.uint8)  # 8-neighbour LBP codes fit a byte
 
-    def _parts(self, width: int) -> list[np.ndarray]:
+    def _parts(self) -> list[np.ndarray]:
         """Code positions of the pigeonhole parts: ``max_mismatches + 1`` interleaved slices.
 
         A stored hash within ``m`` mismatches of the query differs in at most ``m`` of the
@@ -128,8 +130,8 @@ class PIHA(StatefulDefense):
         in its own bucket table finds every hit (and only needs the candidates checked).
         Interleaving spreads each part over the whole image, so no part is all background.
         """
-        m = max(k for k in range(width + 1) if k / width <= self._threshold + 1e-12)
-        return [np.arange(p, width, m + 1) for p in range(min(m + 1, width))]
+        m = self.max_mismatches
+        return [np.arange(p, self.width, m + 1) for p in range(m + 1)]
 
     def _lookup(self, digests, i):
         code = digests[i]
@@ -140,7 +142,7 @@ class PIHA(StatefulDefense):
         candidates = np.unique(np.concatenate(found))
         mismatches = (self.hashes[candidates] != code).sum(1)
         j = int(mismatches.argmin())  # ties: the earliest stored query, as a scan would find it
-        if mismatches[j] / self.width > self._threshold + 1e-12:
+        if mismatches[j] > self.max_mismatches:
             return False, None
         return True, int(candidates[j])
 
