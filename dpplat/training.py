@@ -106,7 +106,7 @@ class TrainResult:
     statement: str
     seconds: float
     store_path: Path
-    model: torch.nn.Module
+    model: torch.nn.Module  # the weights ``accuracy`` measured: the EMA copy when ``ema_decay`` is set, as load_run_model
 
 
 @torch.no_grad()
@@ -310,7 +310,7 @@ def train(
     store.update_run(run_id, status=status, message=message, epsilon=epsilon, steps=step, accuracy=accuracy,
                      statement=statement, finished_at=time.time())
     return TrainResult(run_id, accuracy, epsilon, config.delta, step, status, statement, time.time() - started,
-                       store.path, model)
+                       store.path, ema.model if ema is not None else model)
 
 
 class NullStore:

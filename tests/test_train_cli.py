@@ -144,6 +144,25 @@ def test_augmentation_multiplicity_and_ema(tmp_path, capsys):
     assert set(extra["ema"]) == {name for name, _ in build_model_names()}
 
 
+def test_ema_weights_are_what_the_run_reports_returns_and_stores(tmp_path):
+    """With EMA, the accuracy, the returned model and the stored model are all the average, not the last step."""
+    from dpplat.audits.target import load_run_model
+    from dpplat.training import evaluate
+
+    config = TrainConfig(dataset="mnist", model="mlp", sigma=1.0, epsilon=50, epochs=1, batch_size=128, subset=512,
+                         test_subset=200, accountant="rdp", ema_decay=0.5, optimizer="adam", lr=1e-2)
+    store = RunStore(tmp_path / "runs.db")
+    result = train(config, store=store, quiet=True)
+    test_set = data.load_dataset("mnist", "test", subset=200, seed=0)
+    assert evaluate(result.model, test_set) == pytest.approx(result.accuracy)
+    loaded, _ = load_run_model(store, result.run_id)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(test_set.tensors[0]), result.model.eval()(test_set.tensors[0]))
+    last_step = torch.load(store.artifacts(result.run_id, kind="checkpoint")[0]["path"], weights_only=False)["module"]
+    averaged = result.model.state_dict()
+    assert any(not torch.allclose(averaged[k], v) for k, v in last_step.items()), "EMA equals the last step's weights"
+
+
 def build_model_names():
     from dpplat.models import create
 

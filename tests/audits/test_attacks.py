@@ -127,7 +127,38 @@ def test_oars_boundary_search_redraws_a_rejected_midpoint(mnist_model, mnist_tes
     assert oracle.rejections >= 1
     reach = {name: float((point - x).norm()) for name, point in found.items()}
     assert reach["defended"] < 0.8 * float((start - x).norm())
-    assert reach["defended"] <= reach["plain"] + floor
+    # the redraws keep their distance from x, and the bracket closes to floor / sqrt(d): the defended search
+    # ends within a tenth of the floor of the plain one (a quarter-floor bracket and offset redraws: 0.22)
+    assert reach["defended"] <= reach["plain"] + 0.1 * floor
+
+
+def test_a_redrawn_midpoint_keeps_its_distance_from_the_input():
+    attack = create_attack("hsja", eps=0.1)
+    attack.rng = attack.generator(0)
+    x = torch.full((1, 28, 28), 0.5)
+    midpoint = x + 0.1 * torch.randn((1, 28, 28), generator=torch.Generator().manual_seed(1))
+    radius = float((midpoint - x).norm())
+    for _ in range(20):
+        point = attack._redraw_at_radius(x, midpoint, floor=0.5)
+        assert float((point - x).norm()) == pytest.approx(radius, rel=1e-5)
+        assert 0.4 < float((point - midpoint).norm()) < 0.51  # moved by about the floor (a chord of the turn)
+
+
+def test_oars_geometric_step_never_shrinks_into_the_floor_and_lengthens_when_rejected(mnist_model, mnist_test):
+    """A step from a stored x_adv shorter than the defense's radius is rejected however often it halves;
+    the OARS step starts at the floor and, rejected there, doubles until it clears the stored point."""
+    from dpplat.audits.attacks.base import Oracle
+
+    attack, x, label, target, start = setting("hsja", mnist_model, mnist_test, 0)
+    v = (start - x) / (start - x).norm()  # away from the input: deeper into the target class
+    defense = RadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=0.5)
+    defense.query(start.unsqueeze(0))  # x_adv is in the history
+    attack.floors = {"min_delta": 0.3}
+    oracle = Oracle(defense, label=label, target=target, budget=1000, mode="oars")
+    candidate = attack.geometric_step(oracle, start, v, step=0.05)
+    assert candidate is not None and oracle.rejections >= 1 and oracle.queries == oracle.rejections + 1
+    assert float((candidate - start).norm()) >= 0.5, "the accepted step clears the stored point"
+    assert int(mnist_model(candidate.unsqueeze(0)).argmax()) == target
 
 
 def test_oars_beats_blacklight_where_the_standard_form_fails(mnist_model, mnist_test):

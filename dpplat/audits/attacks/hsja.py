@@ -7,11 +7,12 @@ normal from ``B`` random unit directions at radius ``delta`` (B grows as
 and binary-searches back to the boundary.
 
 OARS form: stage 1 sets a floor on the gradient-estimation radius ``delta``; rejected
-directions are redrawn and the estimate uses accepted ones only; a rejected step
-counts as a failed step (the step halves); a rejected binary-search midpoint is redrawn
-off the segment by the floor (``Attack.boundary_search``), a search whose redraws all fail
-ends at the last known adversarial point, and a step that ends farther from the input
-than it started is rolled back.
+directions are redrawn and the estimate uses accepted ones only; the geometric step is
+never shorter than that floor, and a rejected step is retried twice as long
+(:meth:`HopSkipJump.geometric_step`); a rejected binary-search midpoint is redrawn at the
+same distance from the input, turned by the floor (``Attack.boundary_search``), a search
+whose redraws all fail ends at the last known adversarial point, and a step that ends
+farther from the input than it started is rolled back.
 """
 
 from __future__ import annotations
@@ -70,15 +71,33 @@ class HopSkipJump(Attack):
             else:
                 grad = ((phi - phi.mean()).view(-1, 1, 1, 1) * u).mean(0)
             v = grad / grad.norm().clamp_min(1e-12)
-            step = dist / math.sqrt(t)
-            for _ in range(self.step_halvings):
-                candidate = (x_adv + step * v).clamp(0, 1)
-                adv, rejected = oracle.adversarial(candidate.unsqueeze(0))
-                if bool(adv[0]):
-                    break
-                step /= 2  # a failed or (OARS) rejected step is rolled back and retried shorter
-            else:
+            candidate = self.geometric_step(oracle, x_adv, v, dist / math.sqrt(t))
+            if candidate is None:
                 continue
             found = self.boundary_search(oracle, x, candidate, theta)
             if not self.search_cut_short or float((found - x).norm()) < dist:
                 x_adv = found  # a search cut short by a rejection that ends farther out is rolled back
+
+    def geometric_step(self, oracle, x_adv: torch.Tensor, v: torch.Tensor, step: float) -> torch.Tensor | None:
+        """The first adversarial point along ``v`` from ``x_adv``, trying ``step`` first; None if none is found.
+
+        A step that leaves the adversarial region is rolled back and retried at half the length.
+        In OARS form the step is never shorter than the length floor (a shorter one lands within
+        the defense's resolution of ``x_adv``, which is stored), and a rejected step is retried at
+        twice the length: halving it, as a failed step is, only moves it closer to the stored query
+        it collided with, and against Blacklight that stalled the attack for good.
+        """
+        shortest = self.floors.get(self.length_knob, 0.0)
+        step = max(step, shortest)
+        for _ in range(self.step_halvings):
+            candidate = (x_adv + step * v).clamp(0, 1)
+            adv, rejected = oracle.adversarial(candidate.unsqueeze(0))
+            if bool(adv[0]):
+                return candidate
+            if bool(rejected[0]):
+                step *= 2
+            elif step <= shortest:
+                return None  # overshot even at the floor: estimate the direction again
+            else:
+                step = max(step / 2, shortest)
+        return None
