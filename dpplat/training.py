@@ -106,7 +106,7 @@ class TrainResult:
     statement: str
     seconds: float
     store_path: Path
-    model: torch.nn.Module  # the weights ``accuracy`` measured: the EMA copy when ``ema_decay`` is set, as load_run_model
+    model: torch.nn.Module  # what ``accuracy`` measured: the EMA copy with ``ema_decay``, as load_run_model
 
 
 @torch.no_grad()

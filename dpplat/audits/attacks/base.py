@@ -5,7 +5,7 @@ One codebase serves both forms of each attack. The attack code asks the
 first rejected query (the paper's baseline), in the *OARS* form it hands the rejection
 back and the attack adapts:
 
-- Stage 1 (:func:`calibrate_knobs`), before attacking: every attack declares the
+- Stage 1 (:func:`~dpplat.audits.attacks.stage1.calibrate_knobs`), before attacking: every attack declares the
   knobs that set how far its queries move (NES: sigma and minimum step; HSJA/QEBA:
   the gradient-estimation radius; Square: square size and count; SurFree: minimum
   angle; Boundary: minimum spherical step) and a probe, i.e. how it would perturb
@@ -32,6 +32,7 @@ from typing import Callable
 
 import torch
 
+from dpplat.audits.attacks.stage1 import Knob, calibrate_knobs
 from dpplat.audits.defenses.base import StatefulDefense
 from dpplat.audits.registry import Registry
 
@@ -87,24 +88,6 @@ class Oracle:
         """Decision-based access: is each query adversarial (targeted or not), and was it rejected."""
         scores, rejected = self.scores(x)
         return self.is_adversarial_scores(scores) & ~rejected, rejected
-
-
-@dataclass
-class Knob:
-    """A step-size knob for OARS stage 1: larger values move queries further and are rejected less.
-
-    ``attribute`` is the attack's attribute that holds the floor; ``probe(attack, x, around, value, n, generator)``
-    returns ``n`` queries that perturb ``around`` as the attack would with that value. ``around`` is
-    ``x`` unless the knob has a ``base(attack, x, generator)``: a point queried first (and so stored
-    by the defense) that the attack's later proposals move away from, e.g. Square's stripes.
-    """
-
-    attribute: str
-    low: float
-    high: float
-    probe: Callable
-    integer: bool = False
-    base: Callable | None = None
 
 
 @dataclass
@@ -215,7 +198,7 @@ class Attack:
         """
         low, high = 0.0, 1.0  # blend weight on the adversarial end
         self.search_cut_short = False
-        floor = self.floors.get(self.length_knob) if self.length_knob else None
+        floor = self.length_floor()
 
         def bracket(end: torch.Tensor) -> float:  # the tolerance on the segment x -> end
             length = float((end - x).norm())
@@ -258,9 +241,8 @@ class Attack:
         moves the point along the boundary's normal, so the redraw answers the midpoint's question.
         """
         offset = midpoint - x
-        radius = offset.norm()
-        turned = unit((offset + floor * unit(torch.randn((1, *x.shape), generator=self.rng))[0]).unsqueeze(0))[0]
-        return (x + radius * turned).clamp(0, 1)  # clamping only moves coordinates towards x's, inside [0, 1]
+        turned = offset + floor * unit(torch.randn((1, *x.shape), generator=self.rng))[0]
+        return (x + offset.norm() * turned / turned.norm()).clamp(0, 1)  # clamping moves coordinates towards x's
 
     def _watch(self, queries: int, rejected: int) -> None:
         """OARS: double every floor when more than half of the recent queries were rejected, and halve it
@@ -281,10 +263,9 @@ class Attack:
                 self.floors[knob.attribute] = min(value + 1 if knob.integer else value * 2, knob.high)
             self.escalations += 1
         elif rate < self.relax_below:
-            for knob in self.knobs:
-                if knob.attribute in self._stage1:
-                    value, lowest = self.floors[knob.attribute], self._stage1[knob.attribute]
-                    self.floors[knob.attribute] = max(value - 1 if knob.integer else value / 2, lowest)
+            for knob in self.knobs:  # stage 1 set a floor for every knob
+                value, lowest = self.floors[knob.attribute], self._stage1[knob.attribute]
+                self.floors[knob.attribute] = max(value - 1 if knob.integer else value / 2, lowest)
         self._window = [0, 0]
 
     def generator(self, image_index: int = 0) -> torch.Generator:
@@ -317,8 +298,8 @@ class Attack:
         try:
             if mode == "oars":
                 self.floors = calibrate_knobs(self, oracle, x)
-                stage1 = dict(self.floors)
-                self._window, self.escalations, self._stage1 = [0, 0], 0, dict(self.floors)
+                stage1 = self._stage1 = dict(self.floors)  # read only: what the floors relax back to
+                self._window, self.escalations = [0, 0], 0
                 oracle.watch = self._watch
             self._run(oracle, x, start)
             if self.done():
@@ -330,41 +311,13 @@ class Attack:
             if mode == "oars" else {}
         return AttackResult(success, oracle.queries, oracle.rejections, self.best_distance, stopped, self.best, knobs)
 
+    def length_floor(self) -> float | None:
+        """OARS: the floor on the knob that is an L2 length (``length_knob``), if the attack has one."""
+        return self.floors.get(self.length_knob) if self.length_knob else None
+
     def floor(self, attribute: str, value: float) -> float:
         """A knob's value, raised to the floor OARS stage 1 found (if any)."""
         return max(value, self.floors.get(attribute, value))
-
-
-def calibrate_knobs(attack: Attack, oracle: Oracle, x: torch.Tensor) -> dict[str, float]:
-    """OARS stage 1: for each knob in turn, the smallest value whose probes are rarely rejected."""
-    floors: dict[str, float] = {}
-    for knob in attack.knobs:
-        attack.floors = floors
-
-        around = x
-        if knob.base is not None:
-            around = knob.base(attack, x, attack.rng).clamp(0, 1)
-            oracle.scores(around)
-
-        def rate(value: float) -> float:
-            probes = knob.probe(attack, x, around, value, attack.probes, attack.rng).clamp(0, 1)
-            _, rejected = oracle.scores(probes)
-            return float(rejected.float().mean())
-
-        low, high = knob.low, knob.high
-        if rate(high) > attack.target_rate:  # even the largest value is rejected: use it, stage 2 copes
-            floors[knob.attribute] = high
-            continue
-        for _ in range(attack.search_steps):
-            if knob.integer and high - low <= 1:
-                break
-            mid = (low + high) // 2 if knob.integer else math.sqrt(low * high)
-            if rate(mid) <= attack.target_rate:
-                high = mid
-            else:
-                low = mid
-        floors[knob.attribute] = high
-    return floors
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")

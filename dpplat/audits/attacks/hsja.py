@@ -87,7 +87,7 @@ class HopSkipJump(Attack):
         twice the length: halving it, as a failed step is, only moves it closer to the stored query
         it collided with, and against Blacklight that stalled the attack for good.
         """
-        shortest = self.floors.get(self.length_knob, 0.0)
+        shortest = self.length_floor() or 0.0
         step = max(step, shortest)
         for _ in range(self.step_halvings):
             candidate = (x_adv + step * v).clamp(0, 1)

@@ -1,0 +1,69 @@
+"""OARS stage 1: each attack's step-size knobs, and the search for the floor of each.
+
+An attack declares its knobs (how far its queries move) with a probe that perturbs the input as
+the attack would; before attacking, :func:`calibrate_knobs` binary-searches each knob for the
+smallest value whose probes the defense rarely rejects, and that value becomes the knob's floor
+for stage 2 (in :mod:`dpplat.audits.attacks.base`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+if TYPE_CHECKING:
+    from dpplat.audits.attacks.base import Attack, Oracle
+
+
+@dataclass
+class Knob:
+    """A step-size knob for OARS stage 1: larger values move queries further and are rejected less.
+
+    ``attribute`` is the attack's attribute that holds the floor; ``probe(attack, x, around, value, n, generator)``
+    returns ``n`` queries that perturb ``around`` as the attack would with that value. ``around`` is
+    ``x`` unless the knob has a ``base(attack, x, generator)``: a point queried first (and so stored
+    by the defense) that the attack's later proposals move away from, e.g. Square's stripes.
+    """
+
+    attribute: str
+    low: float
+    high: float
+    probe: Callable
+    integer: bool = False
+    base: Callable | None = None
+
+
+
+def calibrate_knobs(attack: Attack, oracle: Oracle, x: torch.Tensor) -> dict[str, float]:
+    """OARS stage 1: for each knob in turn, the smallest value whose probes are rarely rejected."""
+    floors: dict[str, float] = {}
+    for knob in attack.knobs:
+        attack.floors = floors
+
+        around = x
+        if knob.base is not None:
+            around = knob.base(attack, x, attack.rng).clamp(0, 1)
+            oracle.scores(around)
+
+        def rate(value: float) -> float:
+            probes = knob.probe(attack, x, around, value, attack.probes, attack.rng).clamp(0, 1)
+            _, rejected = oracle.scores(probes)
+            return float(rejected.float().mean())
+
+        low, high = knob.low, knob.high
+        if rate(high) > attack.target_rate:  # even the largest value is rejected: use it, stage 2 copes
+            floors[knob.attribute] = high
+            continue
+        for _ in range(attack.search_steps):
+            if knob.integer and high - low <= 1:
+                break
+            mid = (low + high) // 2 if knob.integer else math.sqrt(low * high)
+            if rate(mid) <= attack.target_rate:
+                high = mid
+            else:
+                low = mid
+        floors[knob.attribute] = high
+    return floors
