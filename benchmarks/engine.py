@@ -146,13 +146,27 @@ def _memory_child(method, model_name, device, queue):
         queue.put(f"n/a ({type(err).__name__}: {str(err)[:60]})")
 
 
-def extra_memory(method, model_name, device) -> float | str:
+def extra_memory(methods, model_name, device) -> dict[str, float | str]:
+    """Each method's extra peak memory, measured in its own child process.
+
+    CPU children run one at a time (peak RSS needs a quiet machine). GPU children run together:
+    each reads its own CUDA allocator's peak, which the others do not touch, and CUDA start-up
+    costs seconds a process.
+    """
     ctx = mp.get_context("spawn")  # fork after torch started its thread pool can deadlock
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_memory_child, args=(method, model_name, device, queue))
-    proc.start()
-    proc.join()
-    return queue.get() if not queue.empty() else "n/a (child failed)"
+    results = {}
+    batch = list(methods) if device == "cuda" else None
+    for group in ([batch] if batch else [[m] for m in methods]):
+        procs = {}
+        for m in group:
+            queue = ctx.Queue()
+            procs[m] = (ctx.Process(target=_memory_child, args=(m, model_name, device, queue)), queue)
+            procs[m][0].start()
+        for m, (proc, queue) in procs.items():
+            got = queue.get(timeout=600) if proc.is_alive() or not queue.empty() else None
+            proc.join()
+            results[m] = got if got is not None else "n/a (child failed)"
+    return results
 
 
 def time_methods(model_name, device, rounds, steps_per_round=2):
@@ -195,7 +209,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|")
     for model_name in args.models.split(","):
         times = time_methods(model_name, args.device, args.rounds)
-        mems = {m: extra_memory(m, model_name, args.device) for m in METHODS}
+        mems = extra_memory(METHODS, model_name, args.device)
         base_t, base_m = times["non-private"], mems["non-private"]
         for m in METHODS:
             t, mem = times[m], mems[m]

@@ -19,7 +19,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import torch
+
 from dpplat import models
+from dpplat.devices import resolve_device
 from dpplat.data import DATASETS
 from dpplat.store import RunStore
 from dpplat.training import TrainConfig, train
@@ -30,7 +33,7 @@ SHARED_RECIPE = {"epsilon": 1.0, "epochs": 2, "batch_size": 512, "lr": 0.003, "m
 
 def configs(args) -> list[tuple[str, TrainConfig]]:
     given = {"epochs": args.epochs, "subset": args.subset, "epsilon": args.epsilon, "batch_size": args.batch_size,
-             "lr": args.lr, "max_grad_norm": args.max_grad_norm}
+             "lr": args.lr, "max_grad_norm": args.max_grad_norm, "device": args.device}
     given = {key: value for key, value in given.items() if value is not None}
     if args.recipes:  # only the flags given on the command line override a recipe
         return [(Path(p).name, TrainConfig.from_toml(p, **given)) for p in args.recipes]
@@ -50,9 +53,12 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--max-grad-norm", type=float, default=None)
     parser.add_argument("--subset", type=int, default=None, help="train on this many images (a quick check)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Optimal order")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, CPU; delta 1e-5\n")
+    device = resolve_device(args.device or "cpu")
+    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ", CPU"
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}; delta 1e-5\n")
     print("| recipe | dataset | model | family | parameters | epsilon (spent) | epochs, batch | test accuracy "
           "| vs plain cnn | wall time (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -22,11 +22,12 @@ def make_views(x: torch.Tensor, views: int, *, pad: int, flip: bool, generator: 
     rows = x.repeat_interleave(views, 0)
     n, _, h, w = rows.shape
     padded = F.pad(rows, (pad, pad, pad, pad), mode="reflect" if pad < min(h, w) else "constant")
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    # offsets and flips come from the CPU generator whatever x's device, so a seed gives the same views
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
     out = _crop(padded, dy, dx, h, w)
     if flip:
-        mask = torch.rand(n, generator=generator) < 0.5
+        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
         out[mask] = out[mask].flip(-1)
     return out
 
@@ -34,9 +35,9 @@ def make_views(x: torch.Tensor, views: int, *, pad: int, flip: bool, generator: 
 def _crop(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Per-row crops of size (h, w) at offsets (dy, dx), by two gathers (no Python loop over rows)."""
     n, c = padded.shape[:2]
-    rows_index = (dy[:, None] + torch.arange(h)[None, :]).view(n, 1, h, 1).expand(n, c, h, padded.shape[3])
+    rows_index = (dy[:, None] + torch.arange(h, device=dy.device)[None, :]).view(n, 1, h, 1).expand(n, c, h, padded.shape[3])
     cropped_rows = padded.gather(2, rows_index)
-    cols_index = (dx[:, None] + torch.arange(w)[None, :]).view(n, 1, 1, w).expand(n, c, h, w)
+    cols_index = (dx[:, None] + torch.arange(w, device=dx.device)[None, :]).view(n, 1, 1, w).expand(n, c, h, w)
     return cropped_rows.gather(3, cols_index)
 
 

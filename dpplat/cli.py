@@ -35,6 +35,7 @@ def _add_train_parser(sub) -> None:
                    help="noise multiplier of the private release of *-datanorm models' feature statistics (default 8)")
     p.add_argument("--data-norm-clip", type=float,
                    help="L2 bound on one example's channel means (and mean squares) in that release (default 3)")
+    p.add_argument("--device", help="where to train: cpu (default), cuda, cuda:N, or auto (a GPU when there is one)")
     p.add_argument("--secure-mode", action="store_true", default=None, help="noise from the OS CSPRNG")
     p.add_argument("--name", help="a label for the run")
     p.add_argument("--data-dir", help="folder with the dataset files (default: DPPLAT_DATA or ../shared/data)")
@@ -51,7 +52,7 @@ def train_config_from_args(args: argparse.Namespace):
     overrides = {k: getattr(args, k) for k in (
         "dataset", "model", "epsilon", "delta", "sigma", "epochs", "batch_size", "max_grad_norm", "clipping",
         "accountant", "optimizer", "lr", "momentum", "seed", "subset", "test_subset", "secure_mode", "name", "data_dir",
-        "augmult", "ema_decay", "data_norm_noise", "data_norm_clip",
+        "augmult", "ema_decay", "data_norm_noise", "data_norm_clip", "device",
     )}
     if args.config:
         return TrainConfig.from_toml(args.config, **overrides)

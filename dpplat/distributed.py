@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from dpplat.devices import rank_device
 from dpplat.training import NullStore, TrainConfig, train
 
 TIMEOUT = datetime.timedelta(seconds=120)  # a dead rank stops the others within this time
@@ -32,10 +33,15 @@ def _free_port() -> int:
 
 def _rank_main(rank: int, world: int, port: int, config: dict, store_path: str, quiet: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, rank=rank, world_size=world, timeout=TIMEOUT)
+    config = {**config, "device": rank_device(config["device"], rank)}
+    dist.init_process_group(_backend(config["device"]), rank=rank, world_size=world, timeout=TIMEOUT)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     _run_rank(rank, world, config, store_path, quiet)
+
+
+def _backend(device: str) -> str:
+    """NCCL between GPUs, gloo between CPU processes (NCCL cannot reduce CPU tensors, even on a GPU machine)."""
+    return "nccl" if device.startswith("cuda") else "gloo"
 
 
 def _run_rank(rank: int, world: int, config: dict, store_path: str, quiet: bool) -> None:
@@ -93,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "train":
         raise SystemExit("usage: torchrun ... -m dpplat.distributed train [dpplat train flags]")
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, timeout=TIMEOUT)
     config = train_config_from_args(args)
+    config.device = rank_device(config.device, int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(_backend(config.device), timeout=TIMEOUT)
     _run_rank(dist.get_rank(), dist.get_world_size(), dataclasses.asdict(config),
               str(args.store or default_store_path()), args.quiet)
     return 0

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from dpplat.devices import model_device
 from dpplat.engine import PrivacyEngine
 from dpplat.engine.statistics import private_channel_moments
 from dpplat.models.scatnet import DataNorm, FixedStemClassifier
@@ -35,10 +36,11 @@ def fixed_stem(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module |
 
 @torch.no_grad()
 def stem_features(stem: torch.nn.Module, dataset, batch_size: int = 1024) -> TensorDataset:
-    """The stem's output for every image of ``dataset``, with its labels."""
+    """The stem's output for every image of ``dataset``, with its labels, on the CPU (computed where the stem is)."""
+    device = model_device(stem)
     features, labels = [], []
     for x, y in DataLoader(dataset, batch_size=batch_size):
-        features.append(stem(x))
+        features.append(stem(x.to(device)).cpu())
         labels.append(y)
     return TensorDataset(torch.cat(features), torch.cat(labels))
 

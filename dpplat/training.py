@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from dpplat import data as datasets
 from dpplat import models
 from dpplat.augment import WeightEMA, make_views
+from dpplat.devices import model_device, resolve_device
 from dpplat.engine import PrivacyEngine
 from dpplat.engine.accounting import check_budget
 from dpplat.fixed_stem import fixed_stem, release_data_norm, stem_features, trained_part
@@ -61,6 +62,7 @@ class TrainConfig:
     ema_decay: float | None = None
     data_norm_noise: float = 8.0  # Tramer & Boneh's bn_noise_multiplier; only *-datanorm models release statistics
     data_norm_clip: float = 3.0
+    device: str = "cpu"  # where the model, batches and noise live: cpu, cuda, cuda:N or auto
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -90,6 +92,7 @@ class TrainConfig:
             raise ValueError(f"--ema-decay must be in (0, 1), got {self.ema_decay}.")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"--optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
+        resolve_device(self.device)
         if not self.data_norm_noise > 0 or not self.data_norm_clip > 0:
             raise ValueError(f"--data-norm-noise and --data-norm-clip must be > 0, got {self.data_norm_noise} and "
                              f"{self.data_norm_clip}.")
@@ -106,15 +109,16 @@ class TrainResult:
     statement: str
     seconds: float
     store_path: Path
-    model: torch.nn.Module  # what ``accuracy`` measured: the EMA copy with ``ema_decay``, as load_run_model
+    model: torch.nn.Module  # what ``accuracy`` measured (the EMA copy with ``ema_decay``, as load_run_model), on the CPU
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, batch_size: int = 1000) -> float:
     model.eval()
+    device = model_device(model)
     correct = 0
     for x, y in DataLoader(dataset, batch_size=batch_size):
-        correct += (model(x).argmax(1) == y).sum().item()
+        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
     model.train()
     return correct / max(1, len(dataset))
 
@@ -139,9 +143,10 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.
 
 
 def model_for_training(config: TrainConfig, train_set) -> tuple[torch.nn.Module, torch.nn.Module, object]:
-    """The whole model, the part the optimizer trains, and what that part trains on (a cached stem's
-    features in place of the images when the model has one)."""
-    model = build_model(config)
+    """The whole model on ``config.device``, the part the optimizer trains, and what that part trains
+    on (a cached stem's features, computed on the device and kept on the CPU, in place of the images
+    when the model has one)."""
+    model = build_model(config).to(resolve_device(config.device))
     stem = fixed_stem(model, config)
     if stem is not None:
         train_set = stem_features(stem, train_set)
@@ -161,7 +166,7 @@ def make_private_model(config: TrainConfig, train_set) -> tuple[torch.nn.Module,
     release_data_norm(model, train_set, config, engine)
     optimizer = build_optimizer(config, trained)
     loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True)
-    generator = torch.Generator().manual_seed(config.seed + 1)
+    generator = torch.Generator(model_device(model)).manual_seed(config.seed + 1)
     common = dict(module=trained, optimizer=optimizer, data_loader=loader, max_grad_norm=config.max_grad_norm,
                   clipping=config.clipping, noise_generator=None if config.secure_mode else generator)
     if config.sigma is None:
@@ -177,7 +182,8 @@ def fit(config: TrainConfig, train_set, *, private: bool = True) -> torch.nn.Mod
     """Train a model on ``train_set`` with no store, checkpoints or progress bar (audits train many).
 
     ``private=False`` trains the same model and optimizer without clipping or noise: the
-    epsilon = infinity reference that an audit compares against.
+    epsilon = infinity reference that an audit compares against. The model comes back on the
+    CPU wherever it trained, as audits score it on CPU tensors.
     """
     torch.manual_seed(config.seed)
     if private:
@@ -190,16 +196,17 @@ def fit(config: TrainConfig, train_set, *, private: bool = True) -> torch.nn.Mod
         loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True,
                             generator=torch.Generator().manual_seed(config.seed))
         steps = len(loader) * config.epochs
+    device = model_device(model)
     step = 0
     while step < steps:
         for x, y in loader:
             if step >= steps or (private and engine.steps_remaining is not None and engine.steps_remaining <= 0):
-                return model
+                return model.cpu()
             dp_opt.zero_grad()
-            F.cross_entropy(dp_model(x), y).backward()
+            F.cross_entropy(dp_model(x.to(device)), y.to(device)).backward()
             dp_opt.step()
             step += 1
-    return model
+    return model.cpu()
 
 
 def train(
@@ -243,7 +250,8 @@ def train(
     checkpoint = store.path.resolve().parent / "dpplat-work" / "runs" / f"run-{run_id}" / "checkpoint.pt"
     if resume is None:
         store.add_artifact(kind="checkpoint", path=checkpoint, run_id=run_id)
-    ema = WeightEMA(model, build_model(config), config.ema_decay) if config.ema_decay else None
+    device = model_device(model)
+    ema = WeightEMA(model, build_model(config).to(device), config.ema_decay) if config.ema_decay else None
     if ema is not None and resume is not None:
         ema.model.load_state_dict(_checkpoint_extra(store, run_id)["ema"])
     dp_model.augmentation_multiplicity = config.augmult
@@ -270,6 +278,7 @@ def train(
                     message = f"stopped before step {step + 1}: it would exceed epsilon = {config.epsilon}"
                     break
                 store.update_run(run_id, steps=step + 1)  # counted before it is taken
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 dp_opt.zero_grad()
                 if config.augmult > 1:  # K views per example, averaged before clipping: same privacy cost
                     x = make_views(x, config.augmult, pad=info.size // 8, flip=config.dataset == "cifar10",
@@ -310,7 +319,7 @@ def train(
     store.update_run(run_id, status=status, message=message, epsilon=epsilon, steps=step, accuracy=accuracy,
                      statement=statement, finished_at=time.time())
     return TrainResult(run_id, accuracy, epsilon, config.delta, step, status, statement, time.time() - started,
-                       store.path, ema.model if ema is not None else model)
+                       store.path, (ema.model if ema is not None else model).cpu())
 
 
 class NullStore:

@@ -84,6 +84,7 @@ def test_resume_after_crash_counts_every_started_step(tmp_path):
         (["--epsilon", "1", "--delta", "0"], "delta must be in"),
         (["--epsilon", "1", "--delta", "1.5"], "delta must be in"),
         (["--epsilon", "1", "--model", "resnet-1000"], "unknown model"),
+        (["--epsilon", "1", "--device", "gpu"], "--device must be"),
     ],
 )
 def test_bad_inputs_exit_2_with_a_clear_message(tmp_path, capsys, args, message):

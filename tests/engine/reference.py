@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 from torch import nn
@@ -51,17 +52,24 @@ def expected_clipped_sum(
     return {name: torch.einsum("n,n...->...", factor, g) for name, g in grads.items()}
 
 
+def engine_device() -> torch.device:
+    """Where the engine's side of each check runs: ``DPPLAT_TEST_DEVICE`` (e.g. ``cuda`` on a GPU machine),
+    else the CPU. The per-sample loop always runs on the CPU, so a GPU run checks the GPU against it."""
+    return torch.device(os.environ.get("DPPLAT_TEST_DEVICE", "cpu"))
+
+
 def fused_clipped_sum(
     model: nn.Module, x: torch.Tensor, weights: torch.Tensor, max_grad_norm, clipping: str, views: int = 1
 ) -> tuple[dict[str, torch.Tensor], DPModule]:
-    """What the engine's backward leaves in ``.grad`` for the same batch (mean loss over rows)."""
-    dp = DPModule(copy.deepcopy(model), max_grad_norm=max_grad_norm, clipping=clipping)
+    """What the engine's backward leaves in ``.grad`` for the same batch (mean loss over rows), on the CPU."""
+    device = engine_device()
+    dp = DPModule(copy.deepcopy(model).to(device), max_grad_norm=max_grad_norm, clipping=clipping)
     dp.augmentation_multiplicity = views
-    out = dp(x)
-    row_losses(out, weights).mean().backward()
+    out = dp(x.to(device))
+    row_losses(out, weights.to(device)).mean().backward()
     dp.finish_flat_clipping()
     grads = {
-        name: (p.grad if p.grad is not None else torch.zeros_like(p))
+        name: (p.grad.cpu() if p.grad is not None else torch.zeros_like(p, device="cpu"))
         for name, p in dp._module.named_parameters()
         if p.requires_grad
     }

@@ -94,7 +94,7 @@ class FieldGroupNormRule(LayerRule):
         normalized = F.group_norm(ctx.x, module.num_groups, eps=module.eps)
         expanded = per_sample_affine_grads(ctx, normalized, tuple(range(2, ctx.x.dim())))
         _, pull = vjp(module.expand, module.weight.detach(), module.bias.detach())
-        zeros = torch.zeros(ctx.num_samples, module.weight.numel() * module.group.order, dtype=ctx.x.dtype)
+        zeros = ctx.x.new_zeros(ctx.num_samples, module.weight.numel() * module.group.order)
         w, b = vmap(lambda gw, gb: pull((gw, gb)))(expanded.get("weight", zeros), expanded.get("bias", zeros))
         ctx.cache["per_sample"] = _keep_trainable(module, {"weight": w, "bias": b})
         return ctx.cache["per_sample"]
