@@ -20,7 +20,14 @@ from dpplat.models.registry import register_model, register_variants
 
 
 def _norm_act(fields: int, group: str) -> list[nn.Module]:
-    return [FieldGroupNorm(math.gcd(8, fields), fields, group), nn.Mish()]
+    """Field GroupNorm in two groups of whole fields, then Mish.
+
+    Few groups on purpose: a group of a single field is normalised over its own orientations and
+    pixels, per image, which sets to zero exactly the mean that the invariant head pools. With
+    gcd(8, fields) groups (one field each in D4's and C8's first stage) the ResNet-9 did not learn
+    CIFAR-10 (16% train accuracy after 120 non-private steps of 64 images, against 25% with two groups).
+    """
+    return [FieldGroupNorm(math.gcd(2, fields), fields, group), nn.Mish()]
 
 
 class GroupResidual(nn.Module):

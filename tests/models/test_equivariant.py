@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from dpplat import models
 from dpplat.models.equivariant import (C4, C8, D4, D8, FieldGroupNorm, GroupConv2d, GroupPool, InvariantPool,
                                        LiftingConv2d, OrbitPool, Restrict, SteerableGroupConv2d,
                                        SteerableLiftingConv2d, group_conv, lifting_conv, sampled_basis)
@@ -166,3 +167,25 @@ def test_steerable_lifting_is_nearly_equivariant_to_45_degree_turns():
 
     assert error(SteerableLiftingConv2d(1, 4, 3, C8).double(), True) < 0.05
     assert error(nn.Conv2d(1, 32, 3, padding=1, bias=False).double(), False) > 0.1
+
+
+@pytest.mark.parametrize("name", ["d4-resnet9", "c4-resnet9", "c8-resnet9"])
+def test_resnet_norms_keep_each_fields_mean_per_image(name):
+    """The invariant head pools each field's mean over orientations and pixels. A GroupNorm group of
+    one field sets that mean to zero for every image (with d4-resnet9's first stage normalised that
+    way, the network did not learn CIFAR-10), so every norm layer must leave it varying between images."""
+    torch.manual_seed(0)
+    net = models.create(name, num_classes=10, in_channels=3, image_size=32)
+    spreads = []
+
+    def record(module, _, out):
+        means = out.view(out.shape[0], -1, module.group.order * out.shape[2] * out.shape[3]).mean(2)
+        spreads.append(means.std(0).min().item())  # the least-varying field's mean, across images
+
+    norms = [m for m in net.modules() if isinstance(m, FieldGroupNorm)]
+    for norm in norms:
+        norm.register_forward_hook(record)
+    with torch.no_grad():
+        net(torch.randn(8, 3, 32, 32))
+    assert len(spreads) == len(norms) >= 8
+    assert min(spreads) > 1e-3, spreads
