@@ -40,8 +40,10 @@ def _rank_main(rank: int, world: int, port: int, config: dict, store_path: str, 
 
 
 def _backend(device: str) -> str:
-    """NCCL between GPUs, gloo between CPU processes (NCCL cannot reduce CPU tensors, even on a GPU machine)."""
-    return "nccl" if device.startswith("cuda") else "gloo"
+    """gloo for a CPU run (NCCL cannot reduce CPU tensors, even on a GPU machine); for a CUDA run NCCL
+    for the gradients on the GPUs and gloo for the CPU tensors (the Poisson sample's mask, the released
+    data statistics), which torch dispatches by the tensor's device. Not yet run on several GPUs."""
+    return "cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo"
 
 
 def _run_rank(rank: int, world: int, config: dict, store_path: str, quiet: bool) -> None:

@@ -79,3 +79,12 @@ def test_a_stored_run_on_the_device_with_ema_and_views(tmp_path):
     assert run.config["device"] == "auto"
     assert model_device(result.model) == torch.device("cpu")
     assert 0.0 <= result.accuracy <= 1.0 and result.steps == 4
+
+
+def test_data_parallel_backends_follow_the_device_not_the_machine():
+    """A CPU run uses gloo even where a GPU is visible (NCCL cannot reduce CPU tensors); a CUDA run
+    also keeps gloo for the CPU tensors it broadcasts (the Poisson sample's mask)."""
+    from dpplat.distributed import _backend
+
+    assert _backend("cpu") == "gloo"
+    assert _backend("cuda:1") == "cpu:gloo,cuda:nccl"

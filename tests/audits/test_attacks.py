@@ -212,3 +212,14 @@ def test_oars_floors_double_under_rejections_and_relax_back_to_stage_one():
     for _ in range(20):
         attack._watch(100, 100)
     assert attack.floors["min_delta"] == 20.0, "capped at the knob's high end"
+
+
+def test_square_spends_the_whole_budget_after_its_schedule(mnist_model, mnist_test):
+    """The p schedule spans ``iterations``; an attack that has not won by then goes on at the last
+    square size until the budget is spent (it used to stop there with most of the budget unused)."""
+    defense = create_defense("none", mnist_model, input_shape=(1, 28, 28))
+    attack, x, label, target, start = setting("square", mnist_model, mnist_test, 0)
+    attack.eps, attack.iterations = 0.01, 50  # too small to win
+    result = attack.attack(defense, x, label, budget=400)
+    assert not result.success and result.stopped == "budget" and result.queries == 400
+    assert attack.side(10_000, 28, 28) == attack.side(49, 28, 28)  # the last size, held

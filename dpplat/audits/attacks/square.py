@@ -4,7 +4,10 @@ It starts from vertical stripes of +-eps, then repeatedly proposes setting a ran
 square window of the perturbation to +-eps (per channel) and keeps the proposal when
 the margin loss (log p_true - max other log p) drops; it succeeds when the margin is
 negative. The square's side follows the paper's schedule: the fraction ``p`` of pixels
-halves at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 (of 10,000).
+halves at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 (of ``iterations``,
+10,000 by default); after that the attack goes on with the last size until it succeeds or the
+query budget is spent, as a user with that budget would (it used to stop at ``iterations``, which
+in the OARS form, where redrawn proposals spend queries too, left most of the budget unused).
 
 OARS form: stage 1 sets floors on the square side (``min_square``) and the number of
 squares per proposal (``squares``); a rejected proposal is redrawn.
@@ -12,6 +15,7 @@ squares per proposal (``squares``); a rejected proposal is redrawn.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -94,7 +98,7 @@ class Square(Attack):
             scores, rejected = oracle.scores((x + delta).clamp(0, 1))
         margin = float(_margin(scores.view(1, -1), oracle.label)[0])
         self.consider(x, (x + delta).clamp(0, 1).unsqueeze(0), torch.tensor([margin < 0]))
-        for i in range(self.iterations):
+        for i in itertools.count():  # ends at success, or when the oracle says the budget is spent
             if self.done():
                 return
             side = max(self.side(i, h, w), int(self.floor("min_square", self.min_square)))
