@@ -155,17 +155,14 @@ def extra_memory(methods, model_name, device) -> dict[str, float | str]:
     """
     ctx = mp.get_context("spawn")  # fork after torch started its thread pool can deadlock
     results = {}
-    batch = list(methods) if device == "cuda" else None
-    for group in ([batch] if batch else [[m] for m in methods]):
-        procs = {}
-        for m in group:
-            queue = ctx.Queue()
-            procs[m] = (ctx.Process(target=_memory_child, args=(m, model_name, device, queue)), queue)
-            procs[m][0].start()
-        for m, (proc, queue) in procs.items():
-            got = queue.get(timeout=600) if proc.is_alive() or not queue.empty() else None
+    for group in [list(methods)] if device == "cuda" else [[m] for m in methods]:
+        children = {m: (ctx.Process(target=_memory_child, args=(m, model_name, device, q)), q)
+                    for m, q in ((m, ctx.Queue()) for m in group)}
+        for proc, _ in children.values():
+            proc.start()
+        for m, (proc, queue) in children.items():
             proc.join()
-            results[m] = got if got is not None else "n/a (child failed)"
+            results[m] = queue.get() if not queue.empty() else "n/a (child failed)"
     return results
 
 

@@ -87,10 +87,7 @@ class PrivacyEngine:
         if distributed and not poisson_sampling:
             raise ValueError("distributed training needs poisson_sampling=True (the sample is drawn once, globally).")
         if poisson_sampling:
-            generator = noise_generator  # one stream for both on the CPU; the sampler always draws on the CPU
-            if noise_generator is not None and noise_generator.device.type != "cpu":
-                generator = torch.Generator().manual_seed(noise_generator.initial_seed())
-            data_loader = PoissonDataLoader.from_data_loader(data_loader, generator=generator, secure=self.secure_mode,
+            data_loader = PoissonDataLoader.from_data_loader(data_loader, generator=noise_generator, secure=self.secure_mode,
                                                              rank=rank, world_size=world_size)
             sample_rate = data_loader.sample_rate
             expected_batch_size = sample_rate * dataset_size

@@ -39,9 +39,11 @@ class PoissonBatchSampler(Sampler[list[int]]):
         self.num_batches = num_batches
         self.secure = secure
         self.rank, self.world_size = rank, world_size
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(
-            int(torch.empty((), dtype=torch.int64).random_().item())
-        )
+        if generator is None:
+            generator = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        elif generator.device.type != "cpu":  # the mask is drawn on the CPU: a GPU generator seeds a CPU one
+            generator = torch.Generator().manual_seed(generator.initial_seed())
+        self.generator = generator
 
     def __len__(self) -> int:
         return self.num_batches

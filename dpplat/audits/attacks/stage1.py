@@ -36,7 +36,6 @@ class Knob:
     base: Callable | None = None
 
 
-
 def calibrate_knobs(attack: Attack, oracle: Oracle, x: torch.Tensor) -> dict[str, float]:
     """OARS stage 1: for each knob in turn, the smallest value whose probes are rarely rejected."""
     floors: dict[str, float] = {}
