@@ -223,3 +223,68 @@ def test_square_spends_the_whole_budget_after_its_schedule(mnist_model, mnist_te
     result = attack.attack(defense, x, label, budget=400)
     assert not result.success and result.stopped == "budget" and result.queries == 400
     assert attack.side(10_000, 28, 28) == attack.side(49, 28, 28)  # the last size, held
+
+
+class RecordingRadiusDefense(RadiusDefense):
+    """RadiusDefense that keeps every batch it was asked, in order."""
+
+    def _clear(self):
+        super()._clear()
+        self.batches = []
+
+    def query(self, x):
+        self.batches.append(x.clone())
+        return super().query(x)
+
+
+def test_nes_oars_steps_under_its_floor_without_asking(mnist_model, mnist_test):
+    """Held at stage 1's step floor, sign steps oscillate around the optimum (CIFAR-10 behind Blacklight: the
+    target's log-probability hovered near -1 for 90,000 queries). The plateau decay now takes the step under
+    the floor, and such a step, which the defense would reject as a repeat of the iterate, is not queried:
+    the next estimate's antithetic pairs, centred on the new iterate, are its only trace."""
+    defense = RecordingRadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=0.3)
+    attack, x, label, target, _ = setting("nes", mnist_model, mnist_test, 0)
+    x = 0.25 + 0.5 * x  # no clamping at 0 or 1: a pair's midpoint is the iterate
+    attack.eps, attack.samples, attack.plateau_length = 0.05, 10, 2  # a ball too small to win in: the loss plateaus
+    result = attack.attack(defense, x, label, target=target, mode="oars", budget=2_000)
+    assert not result.success and result.stopped == "budget"
+    floor = result.knobs["final"]["min_lr"]
+    first_round = [b for b in defense.batches if len(b) == attack.samples]  # stage 1's probes come 20 at a time
+    iterates = [(b[:len(b) // 2] + b[len(b) // 2:]).mean(0) / 2 for b in first_round]
+    steps = [float((after - before).abs().max()) for before, after in zip(iterates, iterates[1:])]
+    assert len(iterates) > 50
+    assert any(1e-4 < s < 0.7 * floor for s in steps), "the step decays under the floor"
+    assert all(s < 1e-4 or s > 0.7 * floor for s in steps[:5]), "it starts at the floor"
+    centre, queried_steps = None, []
+    for b in defense.batches[1:]:  # after x itself
+        if len(b) == attack.samples:
+            centre = (b[:len(b) // 2] + b[len(b) // 2:]).mean(0) / 2
+        elif len(b) == 1 and centre is not None:  # a step candidate, queried after its iterate's pairs
+            queried_steps.append(float((b[0] - centre).abs().max()))
+    assert queried_steps and all(s > 0.7 * floor for s in queried_steps), "no step under the floor is queried"
+
+
+def test_nes_asks_again_for_an_adversarial_probe_reflected_into_the_ball(mnist_model, mnist_test):
+    """Sign steps drive the iterate to a corner of the eps-ball, so half of each probe's noise points out of
+    it. An adversarial probe inside the ball is a success as it stands; one outside is reflected in, which
+    keeps each pixel's distance from the iterate (clamping would undo the noise there), and asked again."""
+    from dpplat.audits.attacks.base import Oracle, random_sign
+
+    attack, x, label, target, _ = setting("nes", mnist_model, mnist_test, 0)
+    x, attack.eps = 0.25 + 0.5 * x, 0.05
+    low, high = x - attack.eps, x + attack.eps
+    corner = x + attack.eps * random_sign(x.shape, torch.Generator().manual_seed(0))
+    probe = corner + 0.01 * torch.randn((1, *x.shape), generator=torch.Generator().manual_seed(1))
+    says_target = torch.full((1, 10), -10.0).index_fill_(1, torch.tensor([target]), 0.0)
+    defense = RecordingRadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=0.0)  # records, rejects nothing
+    oracle = Oracle(defense, label=label, target=target, budget=100, mode="oars")
+    attack.best, attack.best_distance = None, math.inf
+    attack._check_probes(oracle, x, probe, says_target, low, high)
+    (asked,) = defense.batches
+    assert bool(((asked >= low - 1e-6) & (asked <= high + 1e-6)).all()), "the reflection lies in the ball"
+    assert torch.allclose((asked[0] - corner).abs(), (probe[0] - corner).abs(), atol=1e-6)
+    assert float((asked[0] - probe[0]).abs().max()) > 1e-3, "the probe did leave the ball"
+
+    inside = corner.clamp(low, high) - 0.01 * (corner - x).sign()
+    attack._check_probes(oracle, x, inside.unsqueeze(0), says_target, low, high)
+    assert len(defense.batches) == 1 and attack.done(), "a probe inside the ball wins without another query"
