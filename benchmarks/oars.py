@@ -71,7 +71,8 @@ def markdown(results: dict, rates: list[dict], config: DefenseAuditConfig, wall:
     machine = ("tabulated from the job files of a run made elsewhere" if summarised else
                f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {wall / 60:.1f} min wall time")
     lines = [f"### {config.dataset}: up to {config.images} images a cell, budget {config.budget:,} queries, "
-             f"eps L-inf {config.eps('linf')}, eps L2/sqrt(d) {config.eps('l2')}",
+             f"eps L-inf {config.eps('linf')}, eps L2/sqrt(d) {config.eps('l2')}"
+             + "".join(f"; {name} {params}" for name, params in sorted(config.attack_params.items())),
              "", machine,
              "", "| defense | attack | mode | images | success | mean queries (successes) | median | mean rejections "
              "| queries if banned |", "|---|---|---|---|---|---|---|---|---|"]
@@ -89,6 +90,22 @@ def markdown(results: dict, rates: list[dict], config: DefenseAuditConfig, wall:
         for r in rates:
             lines.append(f"| {r['defense']} | {r['measured']} | {r['history']:,} | {r['queries_per_s']:,.0f} |")
     return "\n".join(lines)
+
+
+def attack_params(settings: list[str]) -> dict[str, dict]:
+    """``["nes.tile=4", ...]`` as a plan's ``attack_params`` table: {"nes": {"tile": 4}}."""
+    params: dict[str, dict] = {}
+    for setting in settings:
+        name, dot, rest = setting.partition(".")
+        key, equals, value = rest.partition("=")
+        if not (dot and equals and name and key):
+            raise SystemExit(f"--attack-param {setting!r}: write ATTACK.KEY=VALUE, e.g. nes.tile=4.")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        params.setdefault(name, {})[key] = parsed
+    return params
 
 
 def main(argv=None) -> dict:
@@ -110,10 +127,13 @@ def main(argv=None) -> dict:
                         help="with --throughput-only: store this many distinct training images first")
     parser.add_argument("--summarise", action="store_true",
                         help="only tabulate the job files already in --workdir (a run cut short), run nothing")
+    parser.add_argument("--attack-param", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                        help="an attack's setting, as in a plan's [attack_params.ATTACK] table (repeatable), "
+                             "e.g. nes.tile=4")
     args = parser.parse_args(argv)
     config = DefenseAuditConfig(dataset=args.dataset, defenses=args.defenses.split(","),
                                 attacks=args.attacks.split(","), modes=args.modes.split(","), images=args.images, budget=args.budget,
-                                workers=args.workers)
+                                workers=args.workers, attack_params=attack_params(args.attack_param))
     workdir = Path(args.workdir) / args.dataset
     started = time.time()
     if args.throughput_only:

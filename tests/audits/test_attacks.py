@@ -288,3 +288,33 @@ def test_nes_asks_again_for_an_adversarial_probe_reflected_into_the_ball(mnist_m
     inside = corner.clamp(low, high) - 0.01 * (corner - x).sign()
     attack._check_probes(oracle, x, inside.unsqueeze(0), says_target, low, high)
     assert len(defense.batches) == 1 and attack.done(), "a probe inside the ball wins without another query"
+
+
+def test_tiled_directions_are_constant_on_blocks_with_unit_variance():
+    from dpplat.audits.attacks.nes import tiled_normal
+
+    noise = tiled_normal(400, (3, 10, 10), 4, torch.Generator().manual_seed(0))
+    assert noise.shape == (400, 3, 10, 10)
+    assert torch.equal(noise[:, :, :4, :4], noise[:, :, :1, :1].expand(-1, -1, 4, 4))
+    assert torch.equal(noise[:, :, 8:, 8:], noise[:, :, 8:9, 8:9].expand(-1, -1, 2, 2))  # the ragged edge
+    assert not torch.equal(noise[:, 0], noise[:, 1]), "channels are drawn apart"
+    assert float(noise.var()) == pytest.approx(1.0, abs=0.1)
+    with pytest.raises(ValueError, match="tile"):
+        create_attack("nes", tile=0)
+
+
+def test_tiled_probes_get_past_piha_at_a_smaller_radius(mnist_model, mnist_test):
+    """PIHA blurs and sums blocks, which averages independent pixel noise away; noise constant on
+    4x4 tiles moves the block sums as a whole, so stage 1 finds a lower sigma floor."""
+    from dpplat.audits.attacks.base import Oracle
+    from dpplat.audits.attacks.stage1 import calibrate_knobs
+
+    _, x, label, target, _ = setting("nes", mnist_model, mnist_test, 0)
+    floors = {}
+    for tile in (1, 4):
+        defense = create_defense("piha", mnist_model, input_shape=(1, 28, 28))
+        attack = create_attack("nes", eps=0.3, tile=tile, seed=1)
+        attack.rng, attack.floors = attack.generator(0), {}
+        floors[tile] = calibrate_knobs(attack, Oracle(defense, label=label, target=target, mode="oars"), x)
+    assert floors[4]["sigma"] < 0.75 * floors[1]["sigma"]
+    assert floors[4]["min_lr"] < 0.9 * floors[1]["min_lr"]

@@ -1,6 +1,7 @@
 """NES (Ilyas et al. 2018): targeted L-infinity attack from estimated gradients of the target's log-probability.
 
-Each iteration draws ``samples / 2`` Gaussian directions and queries both ends of each
+Each iteration draws ``samples / 2`` Gaussian directions (constant on ``tile`` x ``tile`` blocks
+when ``tile`` > 1) and queries both ends of each
 (antithetic pairs at radius ``sigma``), estimates the gradient, smooths it with
 momentum, and takes a signed step of size ``lr`` projected onto the eps-ball. The
 step size drops by ``plateau_drop`` when the loss has not improved for
@@ -26,12 +27,29 @@ import torch
 from dpplat.audits.attacks.base import Attack, Knob, register_attack, random_sign
 
 
+def tiled_normal(n: int, shape: tuple[int, ...], tile: int, generator: torch.Generator) -> torch.Tensor:
+    """Standard normal noise, constant on ``tile`` x ``tile`` blocks of each channel (Ilyas et al. 2019's tiling).
+
+    Each pixel still has unit variance, so a radius means the same per-pixel amplitude at any tile.
+    Why tile: a defense that hashes block statistics (PIHA: blur, then 7x7 block sums) averages
+    independent pixel noise away, so only noise nearly as large as the budget changes its hash; noise
+    that is coherent over a block moves the block sums by the tile's area instead of its square root.
+    """
+    if tile == 1:
+        return torch.randn((n, *shape), generator=generator)
+    channels, height, width = shape
+    small = torch.randn((n, channels, -(-height // tile), -(-width // tile)), generator=generator)
+    return small.repeat_interleave(tile, 2).repeat_interleave(tile, 3)[..., :height, :width]
+
+
 def _probe_sigma(attack, x, around, value, n, generator):
-    return around + value * torch.randn((n, *x.shape), generator=generator)
+    return around + value * tiled_normal(n, tuple(x.shape), attack.tile, generator)
 
 
 def _probe_step(attack, x, around, value, n, generator):
-    return around + value * random_sign((n, *x.shape), generator)
+    signs = random_sign((n, *x.shape), generator) if attack.tile == 1 else \
+        tiled_normal(n, tuple(x.shape), attack.tile, generator).sign()
+    return around + value * signs
 
 
 @register_attack("nes")
@@ -42,10 +60,13 @@ class NES(Attack):
 
     def __init__(self, *, eps: float = 0.05, samples: int = 50, sigma: float = 1e-3, lr: float = 0.01,
                  min_lr: float = 5e-5, momentum: float = 0.9, plateau_length: int = 5, plateau_drop: float = 2.0,
-                 max_iterations: int = 100_000, **common) -> None:
+                 max_iterations: int = 100_000, tile: int = 1, **common) -> None:
         super().__init__(eps=eps, **common)
         if samples < 2 or samples % 2:
             raise ValueError(f"samples must be an even number of at least 2 (antithetic pairs), got {samples}.")
+        if int(tile) != tile or tile < 1:
+            raise ValueError(f"tile must be a whole number of pixels, at least 1, got {tile}.")
+        self.tile = int(tile)
         self.samples, self.sigma, self.lr, self.min_lr = samples, sigma, lr, min_lr
         self.momentum, self.plateau_length, self.plateau_drop = momentum, plateau_length, plateau_drop
         self.max_iterations = max_iterations
@@ -69,7 +90,7 @@ class NES(Attack):
                 lr = self.floor("min_lr", lr)
 
             def propose(m: int) -> torch.Tensor:
-                u = torch.randn((m, *x.shape), generator=self.rng)
+                u = tiled_normal(m, tuple(x.shape), self.tile, self.rng)
                 return torch.cat([x_adv + sigma * u, x_adv - sigma * u]).clamp(0, 1)
 
             pairs, pair_scores = self.accepted(oracle, propose, self.samples // 2, group=2)
