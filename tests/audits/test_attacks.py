@@ -318,3 +318,48 @@ def test_tiled_probes_get_past_piha_at_a_smaller_radius(mnist_model, mnist_test)
         floors[tile] = calibrate_knobs(attack, Oracle(defense, label=label, target=target, mode="oars"), x)
     assert floors[4]["sigma"] < 0.75 * floors[1]["sigma"]
     assert floors[4]["min_lr"] < 0.9 * floors[1]["min_lr"]
+
+
+def test_square_oars_dither_lets_small_squares_past_blacklight(mnist_model, mnist_test):
+    """Square's proposal repeats the current point outside its squares, so Blacklight, hashing the whole
+    image, rejects it until the squares cover most of it (stage 1 took side and count to their caps, 16 and
+    16). Stage 1 now first measures a faint dither of every pixel, pulled towards the input so the proposal
+    stays in the eps-ball, and with it much smaller squares get through."""
+    from dpplat.audits.attacks.base import Oracle
+    from dpplat.audits.attacks.square import _dithered
+    from dpplat.audits.attacks.stage1 import calibrate_knobs
+
+    area = {True: 0, False: 0}
+    for i in range(3):
+        _, x, label, _, _ = setting("square", mnist_model, mnist_test, i)
+        for dither in (True, False):
+            defense = create_defense("blacklight", mnist_model, input_shape=(1, 28, 28))
+            defense.reset()
+            attack = create_attack("square", eps=0.3, seed=1)
+            if not dither:
+                attack.knobs = attack.knobs[1:]
+            attack.rng, attack.floors = attack.generator(i), {}
+            floors = calibrate_knobs(attack, Oracle(defense, label=label, mode="oars"), x)
+            area[dither] += floors["min_square"] ** 2 * floors["squares"]  # pixels a proposal repaints
+            if dither:
+                assert floors["dither"] < 0.3 / 2, "a dither under the knob's cap passes"
+    assert area[True] < area[False] / 3
+
+    delta = 0.3 * torch.sign(torch.randn(1, 28, 28))
+    moved = _dithered(attack, delta, 0.05, torch.Generator().manual_seed(0))
+    assert bool((moved.abs() <= 0.3).all()) and bool((moved * delta > 0).all()), "pulled inwards, in the ball"
+    assert 0.02 < float((delta - moved).abs().mean()) < 0.06  # about 0.05 * E|N(0, 1)| = 0.04
+
+
+def test_stage_one_leaves_out_an_optional_knob_that_never_gets_through(mnist_model, mnist_test):
+    """Square's dither only helps its squares through; where even its largest value is rejected (here:
+    everything is), it is left out (0) instead of pulling every pixel half the ball inwards."""
+    from dpplat.audits.attacks.base import Oracle
+    from dpplat.audits.attacks.stage1 import calibrate_knobs
+
+    _, x, label, _, _ = setting("square", mnist_model, mnist_test, 0)
+    attack = create_attack("square", eps=0.3, seed=1)
+    attack.rng, attack.floors = attack.generator(0), {}
+    floors = calibrate_knobs(attack, Oracle(RejectAfter(mnist_model, input_shape=(1, 28, 28), n=0),
+                                            label=label, mode="oars"), x)
+    assert floors == {"dither": 0.0, "min_square": 16, "squares": 16}

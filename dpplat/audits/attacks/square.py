@@ -9,8 +9,9 @@ halves at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 (of ``ite
 query budget is spent, as a user with that budget would (it used to stop at ``iterations``, which
 in the OARS form, where redrawn proposals spend queries too, left most of the budget unused).
 
-OARS form: stage 1 sets floors on the square side (``min_square``) and the number of
-squares per proposal (``squares``); a rejected proposal is redrawn.
+OARS form: stage 1 sets floors on a faint inward dither of every pixel (``dither``), the
+square side (``min_square``) and the number of squares per proposal (``squares``); a rejected
+proposal is redrawn.
 """
 
 from __future__ import annotations
@@ -37,6 +38,23 @@ def _paint(attack, delta: torch.Tensor, side: int, count: int, generator: torch.
     return delta
 
 
+def _dithered(attack, delta: torch.Tensor, amplitude: float, generator: torch.Generator) -> torch.Tensor:
+    """``delta`` with every pixel pulled towards the input by ``amplitude`` times a half-normal draw.
+
+    Square changes one small window at a time, so its proposals repeat the current point almost pixel
+    for pixel, and a defense that hashes the whole image (Blacklight) rejects them until the window
+    covers much of the image (on CIFAR-10 stage 1 took the side to its cap, 16 of 32, with up to 8
+    squares a proposal: a random search no longer). A faint dither of every pixel, inwards so the
+    proposal stays in the eps-ball, makes each query new to the hash while the square stays small.
+    Against a defense that blurs first (PIHA) no dither under half the ball gets through; stage 1 then
+    leaves it out, since at that size it would only weaken the perturbation.
+    """
+    if amplitude <= 0:
+        return delta
+    pull = amplitude * torch.randn(delta.shape, generator=generator).abs()
+    return (delta - pull * delta.sign()).clamp(-attack.eps, attack.eps)
+
+
 def _stripes(attack, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The paper's initial perturbation: vertical stripes of +-eps, one sign per column and channel."""
     c, h, w = x.shape
@@ -47,14 +65,21 @@ def _base(attack, x, generator):
     return x + _stripes(attack, x, generator)
 
 
+def _probe_dither(attack, x, around, value, n, generator):
+    return torch.stack([x + _dithered(attack, _paint(attack, around - x, attack.min_square, attack.squares, generator),
+                                      value, generator) for _ in range(n)])
+
+
 def _probe_side(attack, x, around, value, n, generator):
-    count = int(attack.floors.get("squares", 1))
-    return torch.stack([x + _paint(attack, around - x, int(value), count, generator) for _ in range(n)])
+    count, dither = int(attack.floors.get("squares", 1)), attack.floors.get("dither", 0.0)
+    return torch.stack([x + _dithered(attack, _paint(attack, around - x, int(value), count, generator), dither, generator)
+                        for _ in range(n)])
 
 
 def _probe_count(attack, x, around, value, n, generator):
-    side = int(attack.floors.get("min_square", 1))
-    return torch.stack([x + _paint(attack, around - x, side, int(value), generator) for _ in range(n)])
+    side, dither = int(attack.floors.get("min_square", 1)), attack.floors.get("dither", 0.0)
+    return torch.stack([x + _dithered(attack, _paint(attack, around - x, side, int(value), generator), dither, generator)
+                        for _ in range(n)])
 
 
 def _margin(scores: torch.Tensor, label: int) -> torch.Tensor:
@@ -75,7 +100,9 @@ class Square(Attack):
             raise ValueError(f"p_init is a fraction of the pixels in (0, 1], got {p_init}.")
         self.p_init, self.iterations, self.min_square, self.squares = p_init, iterations, min_square, squares
         # Sides above half the image leave too few distinct positions: the proposals repeat each other.
-        self.knobs = (Knob("min_square", 1, 16, _probe_side, integer=True, base=_base),
+        # The dither comes first: once it lets small squares through, the size and count floors stay low.
+        self.knobs = (Knob("dither", 1e-4, eps / 2, _probe_dither, base=_base, optional=True),
+                      Knob("min_square", 1, 16, _probe_side, integer=True, base=_base),
                       Knob("squares", 1, 16, _probe_count, integer=True, base=_base))
 
     def side(self, i: int, h: int, w: int) -> int:
@@ -86,9 +113,13 @@ class Square(Attack):
         c, h, w = x.shape
         delta = _stripes(self, x, self.rng)
 
-        def propose_from(current: torch.Tensor, side: int, count: int):
-            return lambda m: torch.stack([(x + _paint(self, current, side, count, self.rng)).clamp(0, 1)
-                                          for _ in range(m)])
+        painted = []  # the undithered perturbation of the last proposal drawn
+
+        def propose_from(current: torch.Tensor, side: int, count: int, dither: float):
+            def propose(m: int) -> torch.Tensor:
+                painted[:] = [_paint(self, current, side, count, self.rng) for _ in range(m)]
+                return torch.stack([(x + _dithered(self, d, dither, self.rng)).clamp(0, 1) for d in painted])
+            return propose
 
         scores, rejected = oracle.scores((x + delta).clamp(0, 1))
         for _ in range(self.max_resamples):  # OARS: a rejected stripe pattern is redrawn
@@ -103,11 +134,11 @@ class Square(Attack):
                 return
             side = max(self.side(i, h, w), int(self.floor("min_square", self.min_square)))
             count = int(self.floor("squares", self.squares))
-            xs, scores = self.accepted(oracle, propose_from(delta, side, count), 1)
+            xs, scores = self.accepted(oracle, propose_from(delta, side, count, self.floors.get("dither", 0.0)), 1)
             if xs.shape[1] == 0:
                 continue
-            candidate, scores = xs[0, 0], scores[0]
+            candidate, scores = xs[0, 0], scores[0]  # one proposal a round: the accepted one was drawn last
             new_margin = float(_margin(scores, oracle.label)[0])
             if new_margin < margin:
-                margin, delta = new_margin, candidate - x
+                margin, delta = new_margin, painted[0]  # the dither is not kept: it would wear the squares down
                 self.consider(x, candidate.unsqueeze(0), torch.tensor([margin < 0]))

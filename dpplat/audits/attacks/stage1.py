@@ -26,6 +26,9 @@ class Knob:
     returns ``n`` queries that perturb ``around`` as the attack would with that value. ``around`` is
     ``x`` unless the knob has a ``base(attack, x, generator)``: a point queried first (and so stored
     by the defense) that the attack's later proposals move away from, e.g. Square's stripes.
+    An ``optional`` knob only helps the others through (Square's dither): when even its largest value
+    is rejected, its floor is 0, the knob left out, rather than its largest value, which costs the attack
+    without getting it past the defense.
     """
 
     attribute: str
@@ -34,6 +37,7 @@ class Knob:
     probe: Callable
     integer: bool = False
     base: Callable | None = None
+    optional: bool = False
 
 
 def calibrate_knobs(attack: Attack, oracle: Oracle, x: torch.Tensor) -> dict[str, float]:
@@ -54,7 +58,7 @@ def calibrate_knobs(attack: Attack, oracle: Oracle, x: torch.Tensor) -> dict[str
 
         low, high = knob.low, knob.high
         if rate(high) > attack.target_rate:  # even the largest value is rejected: use it, stage 2 copes
-            floors[knob.attribute] = high
+            floors[knob.attribute] = 0.0 if knob.optional else high
             continue
         for _ in range(attack.search_steps):
             if knob.integer and high - low <= 1:
