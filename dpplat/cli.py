@@ -299,14 +299,19 @@ def dashboard_command(store: str | Path, port: int = 8501, address: str = "127.0
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    import subprocess
+    """Become the Streamlit server (exec, not a child process): a signal sent to ``dpplat dashboard``, a
+    service manager's or a test's SIGTERM, then reaches the server itself. As a child it was orphaned and
+    kept serving (every run of the browser test left one behind)."""
+    import os
 
     from dpplat.store import RunStore
 
     store = Path(args.store or default_store_path())
     RunStore(store, read_only=True).close()  # a clear error now beats a broken page later
-    print(f"dpplat dashboard on http://{args.address}:{args.port} for {store.resolve()} (Ctrl+C stops it)")
-    return subprocess.call(dashboard_command(store, args.port, args.address))
+    print(f"dpplat dashboard on http://{args.address}:{args.port} for {store.resolve()} (Ctrl+C stops it)", flush=True)
+    command = dashboard_command(store, args.port, args.address)
+    os.execv(command[0], command)
+    return 0  # not reached
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,29 +23,54 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def dashboard(seeded_store):
+def start_dashboard(store_path) -> tuple[subprocess.Popen, str]:
+    """``dpplat dashboard`` on a free port, once it answers its health check."""
     port = free_port()
     dpplat = shutil.which("dpplat", path=str(Path(sys.executable).parent)) or "dpplat"
-    proc = subprocess.Popen([dpplat, "dashboard", "--store", str(seeded_store["path"]), "--port", str(port)],
+    proc = subprocess.Popen([dpplat, "dashboard", "--store", str(store_path), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the dashboard did not answer /_stcore/health within 60 s: " + proc.stdout.read().decode()[-2000:])
-    yield url
+        if answers(url):
+            return proc, url
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail("the dashboard did not answer /_stcore/health within 60 s: " + proc.stdout.read().decode()[-2000:])
+
+
+def answers(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok"
+    except OSError:
+        return False
+
+
+def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture
+def dashboard(seeded_store):
+    proc, url = start_dashboard(seeded_store["path"])
+    yield url
+    stop(proc)
+
+
+def test_stopping_the_dashboard_command_stops_its_server(seeded_store):
+    """``dpplat dashboard`` is the server, not its parent: stopping the command (a test's or a service
+    manager's SIGTERM) must not leave an orphaned Streamlit serving the store."""
+    proc, url = start_dashboard(seeded_store["path"])
+    stop(proc)
+    deadline = time.time() + 10
+    while answers(url) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not answers(url), "the Streamlit server outlived `dpplat dashboard`"
 
 
 def test_every_page_renders_its_charts_in_chromium(dashboard):
