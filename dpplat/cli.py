@@ -6,6 +6,7 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 from dpplat.store import StoreError, default_store_path
 
@@ -298,7 +299,7 @@ def dashboard_command(store: str | Path, port: int = 8501, address: str = "127.0
             "--client.toolbarMode", "viewer", "--", "--store", str(Path(store).resolve())]
 
 
-def _dashboard(args: argparse.Namespace) -> int:
+def _dashboard(args: argparse.Namespace) -> NoReturn:
     """Become the Streamlit server (exec, not a child process): a signal sent to ``dpplat dashboard``, a
     service manager's or a test's SIGTERM, then reaches the server itself. As a child it was orphaned and
     kept serving (every run of the browser test left one behind)."""
@@ -311,7 +312,6 @@ def _dashboard(args: argparse.Namespace) -> int:
     print(f"dpplat dashboard on http://{args.address}:{args.port} for {store.resolve()} (Ctrl+C stops it)", flush=True)
     command = dashboard_command(store, args.port, args.address)
     os.execv(command[0], command)
-    return 0  # not reached
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,7 +48,7 @@ def _probe_sigma(attack, x, around, value, n, generator):
 
 def _probe_step(attack, x, around, value, n, generator):
     signs = random_sign((n, *x.shape), generator) if attack.tile == 1 else \
-        tiled_normal(n, tuple(x.shape), attack.tile, generator).sign()
+        tiled_normal(n, tuple(x.shape), attack.tile, generator).sign()  # tile 1: the draws stop 14 made
     return around + value * signs
 
 

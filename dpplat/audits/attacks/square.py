@@ -65,21 +65,29 @@ def _base(attack, x, generator):
     return x + _stripes(attack, x, generator)
 
 
+def _proposals(attack, x, current, side: int, count: int, dither: float, n: int,
+               generator: torch.Generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``n`` proposals from the perturbation ``current`` (squares painted, then dithered), and the painted
+    perturbations without the dither: the one the attack keeps when a proposal improves the margin."""
+    painted, queries = [], []
+    for _ in range(n):
+        painted.append(_paint(attack, current, side, count, generator))
+        queries.append(x + _dithered(attack, painted[-1], dither, generator))
+    return torch.stack(queries), painted
+
+
 def _probe_dither(attack, x, around, value, n, generator):
-    return torch.stack([x + _dithered(attack, _paint(attack, around - x, attack.min_square, attack.squares, generator),
-                                      value, generator) for _ in range(n)])
+    return _proposals(attack, x, around - x, attack.min_square, attack.squares, value, n, generator)[0]
 
 
 def _probe_side(attack, x, around, value, n, generator):
     count, dither = int(attack.floors.get("squares", 1)), attack.floors.get("dither", 0.0)
-    return torch.stack([x + _dithered(attack, _paint(attack, around - x, int(value), count, generator), dither, generator)
-                        for _ in range(n)])
+    return _proposals(attack, x, around - x, int(value), count, dither, n, generator)[0]
 
 
 def _probe_count(attack, x, around, value, n, generator):
     side, dither = int(attack.floors.get("min_square", 1)), attack.floors.get("dither", 0.0)
-    return torch.stack([x + _dithered(attack, _paint(attack, around - x, side, int(value), generator), dither, generator)
-                        for _ in range(n)])
+    return _proposals(attack, x, around - x, side, int(value), dither, n, generator)[0]
 
 
 def _margin(scores: torch.Tensor, label: int) -> torch.Tensor:
@@ -117,8 +125,8 @@ class Square(Attack):
 
         def propose_from(current: torch.Tensor, side: int, count: int, dither: float):
             def propose(m: int) -> torch.Tensor:
-                painted[:] = [_paint(self, current, side, count, self.rng) for _ in range(m)]
-                return torch.stack([(x + _dithered(self, d, dither, self.rng)).clamp(0, 1) for d in painted])
+                queries, painted[:] = _proposals(self, x, current, side, count, dither, m, self.rng)
+                return queries.clamp(0, 1)
             return propose
 
         scores, rejected = oracle.scores((x + delta).clamp(0, 1))
