@@ -2,8 +2,8 @@
 
 A ``FixedStemClassifier`` (the ScatterNets) has a parameter-free, deterministic stem, so its
 output is a fixed function of each image: computing it once and training the head on the cached
-features changes nothing about privacy and saves the stem's cost every step. A ``DataNorm`` at the
-head's start needs statistics of those features, released privately before training.
+features changes nothing about privacy and saves the stem's cost every step. A ``DataNorm`` or
+``DataCentering`` at the head's start needs statistics of those features, released privately before training.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dpplat.devices import model_device
 from dpplat.engine import PrivacyEngine
-from dpplat.engine.statistics import private_channel_moments
-from dpplat.models.scatnet import DataNorm, FixedStemClassifier
+from dpplat.engine.statistics import private_channel_moments, private_mean
+from dpplat.models.scatnet import DataCentering, DataNorm, FixedStemClassifier
 
 if TYPE_CHECKING:
     from dpplat.training import TrainConfig
@@ -54,24 +54,35 @@ def trained_part(model: torch.nn.Module, stem: torch.nn.Module | None) -> torch.
     return nn.Sequential(OrderedDict(head=model.head)) if stem is not None else model
 
 
-def release_data_norm(model: torch.nn.Module, train_set, config: TrainConfig, engine: PrivacyEngine) -> None:
-    """Fill the model's ``DataNorm`` with privately released statistics of the training features, and
-    charge the engine for the release before it calibrates the DP-SGD noise. No-op for other models.
+def release_feature_statistics(model: torch.nn.Module, train_set, config: TrainConfig, engine: PrivacyEngine) -> None:
+    """Fill the model's ``DataNorm`` or ``DataCentering`` with privately released statistics of the training
+    features, and charge the engine for the release before it calibrates the DP-SGD noise. No-op for other
+    models. Both releases use ``config.data_norm_noise``; ``DataNorm`` clips at ``config.data_norm_clip``,
+    ``DataCentering`` at its own public bound on a feature vector's norm.
 
     ``train_set`` is what the trained part sees: the stem's cached features, or the images when the
     stem runs every step (augmentation multiplicity), whose features are then computed once here.
     """
-    norms = [m for m in model.modules() if isinstance(m, DataNorm)]
-    if not norms:
+    layers = [m for m in model.modules() if isinstance(m, (DataNorm, DataCentering))]
+    if not layers:
         return
-    if len(norms) > 1 or not isinstance(model, FixedStemClassifier) or model.head[0] is not norms[0]:
-        raise ValueError("DataNorm is supported as the first layer of a fixed-stem model's head only.")
+    if len(layers) > 1 or not isinstance(model, FixedStemClassifier) or model.head[0] is not layers[0]:
+        raise ValueError(f"{type(layers[0]).__name__} is supported as the first layer of a fixed-stem model's head only.")
+    layer = layers[0]
     features = train_set if fixed_stem(model, config) is not None else stem_features(model.stem, train_set)
     generator = None if config.secure_mode else torch.Generator().manual_seed(config.seed + 3)
-    moments = private_channel_moments(features.tensors[0], noise_multiplier=config.data_norm_noise,
-                                      clip=config.data_norm_clip, secure=config.secure_mode, generator=generator)
+    private = dict(noise_multiplier=config.data_norm_noise, secure=config.secure_mode, generator=generator)
+    if isinstance(layer, DataNorm):
+        release = private_channel_moments(features.tensors[0], clip=config.data_norm_clip, **private)
+        stats = [release.mean, release.var]
+    else:
+        release = private_mean(features.tensors[0], clip=layer.clip, **private)
+        stats = [release.mean]
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        for stat in (moments.mean, moments.var):  # one release for all ranks (secure mode draws per process)
+        for stat in stats:  # one release for all ranks (secure mode draws per process)
             torch.distributed.broadcast(stat, src=0)
-    norms[0].set_statistics(moments.mean, moments.var)
-    engine.record_release(*moments.accountant_entry())
+    if isinstance(layer, DataNorm):
+        layer.set_statistics(*stats)
+    else:
+        layer.set_mean(*stats)
+    engine.record_release(*release.accountant_entry())

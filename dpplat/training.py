@@ -24,7 +24,7 @@ from dpplat.augment import WeightEMA, make_views
 from dpplat.devices import model_device, resolve_device
 from dpplat.engine import PrivacyEngine
 from dpplat.engine.accounting import check_budget
-from dpplat.fixed_stem import fixed_stem, release_data_norm, stem_features, trained_part
+from dpplat.fixed_stem import fixed_stem, release_feature_statistics, stem_features, trained_part
 from dpplat.store import RunStore
 from dpplat.tomlfile import read_toml
 
@@ -60,7 +60,7 @@ class TrainConfig:
     log_every: int = 0
     augmult: int = 1
     ema_decay: float | None = None
-    data_norm_noise: float = 8.0  # Tramer & Boneh's bn_noise_multiplier; only *-datanorm models release statistics
+    data_norm_noise: float = 8.0  # Tramer & Boneh's bn_noise_multiplier; *-datanorm and *-centered models release statistics
     data_norm_clip: float = 3.0
     device: str = "cpu"  # where the model, batches and noise live: cpu, cuda, cuda:N or auto
     extra: dict = field(default_factory=dict)
@@ -158,12 +158,12 @@ def make_private_model(config: TrainConfig, train_set) -> tuple[torch.nn.Module,
 
     A model with a fixed stem trains its head on the stem's features, computed once here; the
     returned model is the whole model, whose head the private optimizer updates in place. A
-    ``DataNorm`` head gets its statistics here, and the engine composes their release.
+    ``DataNorm`` or ``DataCentering`` head gets its statistics here, and the engine composes their release.
     """
     config.validate()  # the engine warns when delta > 1/N
     model, trained, train_set = model_for_training(config, train_set)
     engine = PrivacyEngine(accountant=config.accountant, secure_mode=config.secure_mode)
-    release_data_norm(model, train_set, config, engine)
+    release_feature_statistics(model, train_set, config, engine)
     optimizer = build_optimizer(config, trained)
     loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True)
     generator = torch.Generator(model_device(model)).manual_seed(config.seed + 1)
@@ -191,7 +191,7 @@ def fit(config: TrainConfig, train_set, *, private: bool = True) -> torch.nn.Mod
         steps = len(loader) * config.epochs
     else:
         model, dp_model, train_set = model_for_training(config, train_set)
-        release_data_norm(model, train_set, config, PrivacyEngine(accountant=config.accountant))  # same model
+        release_feature_statistics(model, train_set, config, PrivacyEngine(accountant=config.accountant))  # same model
         dp_opt = build_optimizer(config, dp_model)
         loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True,
                             generator=torch.Generator().manual_seed(config.seed))

@@ -1,4 +1,4 @@
-"""The private release of per-channel statistics (data normalisation) and its composition in the accountant."""
+"""The private release of feature statistics (data normalisation, centring) and its composition in the accountant."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from dpplat import PrivacyEngine
 from dpplat.engine.accounting import calibrate_noise
-from dpplat.engine.statistics import private_channel_moments
+from dpplat.engine.statistics import private_channel_moments, private_mean
 from tests.engine.test_privacy_engine import make_data, make_model
 
 
@@ -41,13 +41,32 @@ def test_noise_on_each_sum_has_standard_deviation_sigma_times_clip():
     assert got.mean.std().item() == pytest.approx(1.5, rel=0.03)
 
 
+def test_the_private_mean_is_the_clipped_sum_of_whole_examples_plus_noise():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 2, 3, 3, generator=g, dtype=torch.float64) + 1.5
+    for clip in (100.0, 2.0):  # no example clipped, then all of them
+        total = torch.zeros(2, 3, 3, dtype=torch.float64)
+        for example in x:  # the plain loop: one example is one vector
+            total += example * min(1.0, clip / example.norm().item())
+        got = private_mean(x, noise_multiplier=3.0, clip=clip, generator=torch.Generator().manual_seed(5), chunk=7)
+        noise = torch.normal(0.0, 3.0 * clip, (18,), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        torch.testing.assert_close(got.mean, (total + noise.view(2, 3, 3)) / 30, rtol=0, atol=1e-12)
+        assert got.accountant_entry() == (3.0, 1.0, 1)
+    torch.testing.assert_close(private_mean(x, noise_multiplier=1e-9, clip=100.0).mean, x.mean(0))
+    one = private_mean(torch.zeros(1, 20000), noise_multiplier=3.0, clip=0.5, generator=torch.Generator().manual_seed(1))
+    assert one.mean.std().item() == pytest.approx(1.5, rel=0.03)
+
+
+@pytest.mark.parametrize("release", [private_channel_moments, private_mean])
 @pytest.mark.parametrize("kwargs,message", [
     (dict(noise_multiplier=0.0, clip=1.0), "noise_multiplier must be > 0"),
     (dict(noise_multiplier=1.0, clip=0.0), "clip must be > 0"),
 ])
-def test_bad_release_settings_are_refused(kwargs, message):
+def test_bad_release_settings_are_refused(release, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        private_channel_moments(torch.rand(4, 2, 3, 3), **kwargs)
+        release(torch.rand(4, 2, 3, 3), **kwargs)
+    with pytest.raises(ValueError, match="N >= 1"):
+        release(torch.rand(0, 2, 3, 3), noise_multiplier=1.0, clip=1.0)
 
 
 def test_a_recorded_release_is_composed_and_the_training_noise_covers_only_what_is_left():

@@ -5,7 +5,7 @@ import torch
 
 from dpplat import data, models
 from dpplat.audits.target import load_run_model
-from dpplat.models.scatnet import DataNorm
+from dpplat.models.scatnet import DataCentering, DataNorm
 from dpplat.models.scattering import Scattering2D, morlet_filter_bank
 from dpplat.store import RunStore
 from dpplat.training import TrainConfig, fit, train
@@ -67,7 +67,7 @@ def test_scattering_names_the_image_size_it_expects():
         Scattering2D(image_size=28)(torch.rand(1, 3, 32, 32))
 
 
-@pytest.mark.parametrize("name", ["scatnet-linear", "scatnet-cnn", "scatnet-cnn-datanorm"])
+@pytest.mark.parametrize("name", ["scatnet-linear", "scatnet-cnn", "scatnet-cnn-datanorm", "scatnet-linear-centered"])
 @pytest.mark.parametrize("clipping", ["per_layer", "flat"])
 def test_scatnet_per_sample_gradients_match_the_loop(name, clipping):
     torch.manual_seed(0)
@@ -75,6 +75,8 @@ def test_scatnet_per_sample_gradients_match_the_loop(name, clipping):
     for norm in model.modules():
         if isinstance(norm, DataNorm):
             norm.set_statistics(torch.rand(81) * 0.1, torch.rand(81) * 0.02)
+        if isinstance(norm, DataCentering):
+            norm.set_mean(torch.rand(81, 7, 7))
     check_rule(model, torch.rand(5, 1, 28, 28), clipping=clipping, C=0.05)
 
 
@@ -106,6 +108,35 @@ def test_data_norm_is_released_privately_composed_and_saved_with_the_head(tmp_pa
     views = fit(TrainConfig(**{**config.__dict__, "augmult": 2, "epochs": 1}), train_set)
     assert not torch.equal(views.head[0].var, torch.ones_like(views.head[0].var))
     assert calls[0] == 256, "with the stem in every step, the release first runs it once over the images"
+
+
+def test_centering_is_released_privately_composed_and_saved_with_the_head(tmp_path, monkeypatch):
+    config = TrainConfig(dataset="mnist", model="scatnet-linear-centered", epsilon=2.0, epochs=2, batch_size=64,
+                         subset=256, test_subset=100, optimizer="adam", lr=3e-3, max_grad_norm=1.0)
+    train_set = data.load_dataset("mnist", subset=256, seed=0)
+    calls = _count_stem_rows(monkeypatch)
+    model = fit(config, train_set)
+    assert sum(calls) == 256, "the release reads the cached features, not a second pass of the stem"
+    center = model.head[0]
+    with torch.no_grad():
+        features = model.stem(train_set.tensors[0])
+    # GroupNorm bounds every example's norm by sqrt(81 * 7 * 7) = 63, the release's clip: nothing is clipped,
+    # so the released mean is off by the noise alone, sigma * 63 / N on each of the 3,969 coordinates
+    assert center.clip == 63.0 and features.flatten(1).norm(dim=1).max() <= 63.0
+    assert features.mean(0).norm() > 10, "GroupNorm features share a large mean: the point of centring them"
+    noise = (center.mean - features.mean(0)) / (config.data_norm_noise * 63.0 / 256)
+    assert 0.95 < noise.std().item() < 1.05 and noise.mean().abs() < 0.1
+    with torch.no_grad():
+        assert torch.allclose(model.head[1](center(features[:3])), (features[:3] - center.mean).flatten(1))
+
+    result = train(config, store=RunStore(tmp_path / "runs.db"), quiet=True)
+    assert "Composed before training: 1 Gaussian release(s) of data statistics, noise multiplier 8" in result.statement
+    assert result.epsilon <= 2.0
+    loaded, _ = load_run_model(RunStore(tmp_path / "runs.db"), result.run_id)
+    assert torch.equal(loaded.model.head[0].mean, result.model.head[0].mean)
+    assert not torch.equal(loaded.model.head[0].mean, torch.zeros_like(center.mean))
+    with pytest.raises(ValueError, match=r"shape \(81, 7, 7\) got a mean of shape \(81,\)"):
+        center.set_mean(torch.zeros(81))
 
 
 def _count_stem_rows(monkeypatch) -> list[int]:

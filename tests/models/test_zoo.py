@@ -16,6 +16,7 @@ from dpplat.models.equivariant import get_group
     ("scatnet-linear", 39700, (1, 28)), ("scatnet-linear", 155530, (3, 32)),
     ("scatnet-cnn", 32938, (1, 28)), ("scatnet-cnn", 179530, (3, 32)),
     ("scatnet-linear-datanorm", 39700, (1, 28)), ("scatnet-cnn-datanorm", 179530, (3, 32)),
+    ("scatnet-linear-centered", 39700, (1, 28)), ("scatnet-linear-centered", 155530, (3, 32)),
 ])
 def test_parameter_counts_match_the_registry_description(name, count, shape):
     info = models.info(name)
@@ -41,7 +42,8 @@ def test_equivariant_classifiers_are_invariant_to_their_group(name, channels, si
 
 def test_unknown_model_lists_the_available_ones():
     with pytest.raises(ValueError, match="available: c4-cnn, c4-resnet9, c8-cnn, c8-resnet9, cnn, d4-cnn, d4-resnet9, d8-cnn, mlp, "
-                       "scatnet-cnn, scatnet-cnn-datanorm, scatnet-linear, scatnet-linear-datanorm, wrn-16-4"):
+                       "scatnet-cnn, scatnet-cnn-datanorm, scatnet-linear, scatnet-linear-centered, scatnet-linear-datanorm, "
+                       "wrn-16-4"):
         models.create("resnet-1000")
 
 
