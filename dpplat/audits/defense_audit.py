@@ -183,6 +183,7 @@ def run_cell(job: dict) -> str:
             records.append({**image, "success": False, "queries": 0, "rejections": 0, "distance": None,
                             "stopped": "no-start-image", "queries_if_banned": 0, "seconds": 0.0})
             continue
+        defense.reseed([config.seed, image["index"]])  # the image's salt, whatever job it is in
         result = attack.attack(defense, x[image["index"]], image["label"], target=image["target"],
                                start=x[start_index] if start_index is not None else None, mode=job["mode"],
                                budget=config.budget, image_index=image["index"])

@@ -155,3 +155,21 @@ def test_bad_inputs_are_refused_clearly():
     with pytest.raises(ValueError, match="reference"):
         create_defense("stateful-detection", Flat((1, 28, 28)), input_shape=(1, 28, 28))
     assert {"blacklight", "piha", "stateful-detection", "none"} <= set(available_defenses())
+
+
+def test_a_reseeded_defense_draws_the_same_salt_whatever_it_saw_before():
+    """The audit reseeds per image, so an image meets the same salt in any split of the images into jobs."""
+    shape = SHAPES["mnist"]
+    fresh = create_defense("blacklight", Flat(shape), input_shape=shape, seed=0)
+    fresh.reseed([0, 7])
+    fresh.reset()
+    used = create_defense("blacklight", Flat(shape), input_shape=shape, seed=0)
+    for _ in range(3):  # three earlier images
+        used.reset()
+        used.query(torch.rand(2, *shape))
+    assert not np.array_equal(used.salt, fresh.salt), "without a reseed the salt moves on with every reset"
+    used.reseed([0, 7])
+    used.reset()
+    assert np.array_equal(used.salt, fresh.salt) and used.key == fresh.key
+    x = torch.rand(1, *shape)
+    assert fresh.quantize(x).tolist() == used.quantize(x).tolist()

@@ -123,6 +123,15 @@ class StatefulDefense:
     def history_size(self) -> int:
         return len(self._outputs)
 
+    def reseed(self, seed: int | list[int]) -> None:
+        """Restart the defense's random draws (a salted defense's salt at the next ``reset``) from ``seed``.
+
+        Why: each reset draws its salt from the same generator, so without this an image's salt depends
+        on how many images the defense saw before it, and an audit's result on how its images were split
+        into jobs; the audit reseeds per image with (seed, image index).
+        """
+        self.rng = np.random.default_rng(seed)
+
     def reset(self) -> None:
         """Forget the user: history, counters, and (for salted defenses) draw a fresh salt."""
         self._clear()
