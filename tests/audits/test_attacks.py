@@ -320,6 +320,47 @@ def test_tiled_probes_get_past_piha_at_a_smaller_radius(mnist_model, mnist_test)
     assert floors[4]["min_lr"] < 0.9 * floors[1]["min_lr"]
 
 
+class BlockRadiusDefense(RadiusDefense):
+    """Sees only 4x4 block means, as PIHA sees block sums: a hit is a query whose block means lie within L2
+    ``radius`` of an accepted one's. Pixel noise of std s moves them by about 7 s / 4 on MNIST, noise on 2x2
+    tiles by 7 s / 2, on 4x4 tiles by 7 s."""
+
+    def _digest(self, x):
+        return torch.nn.functional.avg_pool2d(x, 4).flatten(1)
+
+
+@pytest.mark.parametrize("radius,tiles,tile", [(0.1, (1, 2), 1), (0.35, (1, 2), 2), (0.7, (1, 2, 4), 4),
+                                               (0.7, (1, 2), 2)])
+def test_nes_auto_tile_is_the_finest_whose_sigma_floor_fits_in_half_the_ball(radius, tiles, tile, mnist_model,
+                                                                             mnist_test):
+    """Else the one with the lowest floor (the last case: the floor at 2x2 tiles is 0.27, over half of 0.3)."""
+    _, x, label, target, _ = setting("nes", mnist_model, mnist_test, 0)
+    x = 0.25 + 0.5 * x  # away from 0 and 1, so clamping does not shorten the probes
+    defense = BlockRadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=radius)
+    fixed = create_attack("nes", eps=0.3, tile=1, seed=1).attack(defense, x, label, target=target, mode="oars",
+                                                                 budget=600)
+    auto = create_attack("nes", eps=0.3, tile="auto", auto_tiles=tiles, seed=1)
+    result = auto.attack(defense, x, label, target=target, mode="oars", budget=3_000)
+    assert result.knobs["choices"] == {"tile": tile}
+    assert (result.knobs["stage1"]["sigma"] <= 0.5 * 0.3) == (tiles[-1] == 4 or radius < 0.7)
+    if tile == 1:  # the finest tile fits: the same stage 1 as a fixed tile of 1, draw for draw
+        assert result.knobs["stage1"] == fixed.knobs["stage1"]
+    else:
+        assert fixed.knobs["stage1"]["sigma"] > 0.5 * 0.3
+    standard = auto.attack(defense, x, label, target=target, budget=200)
+    assert auto.tile == 1 and standard.knobs == {}, "the standard form has no stage 1 and keeps the finest tile"
+
+
+def test_nes_tile_settings_are_checked():
+    for bad in (0, 2.5, "coarse"):
+        with pytest.raises(ValueError, match="tile must be"):
+            create_attack("nes", tile=bad)
+    with pytest.raises(ValueError, match="coarsen_above"):
+        create_attack("nes", tile="auto", coarsen_above=0)
+    with pytest.raises(ValueError, match="auto_tiles"):
+        create_attack("nes", tile="auto", auto_tiles=())
+
+
 def test_square_oars_dither_lets_small_squares_past_blacklight(mnist_model, mnist_test):
     """Square's proposal repeats the current point outside its squares, so Blacklight, hashing the whole
     image, rejects it until the squares cover most of it (stage 1 took side and count to their caps, 16 and

@@ -295,9 +295,10 @@ class Attack:
         self.reference_radius = float((start - x).norm()) if start is not None else 1.0
         oracle = Oracle(defense, label=label, target=target if self.targeted else None, budget=budget, mode=mode)
         stopped, stage1 = "finished", {}
+        self.choices: dict[str, object] = {}  # stage 1's discrete choices, if the attack makes any
         try:
             if mode == "oars":
-                self.floors = calibrate_knobs(self, oracle, x)
+                self.floors = self.calibrate(oracle, x)
                 stage1 = self._stage1 = dict(self.floors)  # read only: what the floors relax back to
                 self._window, self.escalations = [0, 0], 0
                 oracle.watch = self._watch
@@ -307,9 +308,14 @@ class Attack:
         except AttackStopped as stop:
             stopped = stop.reason
         success = self.best is not None and self.done()
-        knobs = {"stage1": stage1, "final": dict(self.floors), "escalations": getattr(self, "escalations", 0)} \
-            if mode == "oars" else {}
+        knobs = {"stage1": stage1, "final": dict(self.floors), "escalations": getattr(self, "escalations", 0),
+                 **({"choices": dict(self.choices)} if self.choices else {})} if mode == "oars" else {}
         return AttackResult(success, oracle.queries, oracle.rejections, self.best_distance, stopped, self.best, knobs)
+
+    def calibrate(self, oracle: Oracle, x: torch.Tensor) -> dict[str, float]:
+        """OARS stage 1: the knobs' floors. An attack with a discrete choice to make as well (NES's tile)
+        overrides this, records the choice in ``self.choices``, and returns the floors that go with it."""
+        return calibrate_knobs(self, oracle, x)
 
     def length_floor(self) -> float | None:
         """OARS: the floor on the knob that is an L2 length (``length_knob``), if the attack has one."""

@@ -1,30 +1,32 @@
 """NES (Ilyas et al. 2018): targeted L-infinity attack from estimated gradients of the target's log-probability.
 
 Each iteration draws ``samples / 2`` Gaussian directions (constant on ``tile`` x ``tile`` blocks
-when ``tile`` > 1) and queries both ends of each
-(antithetic pairs at radius ``sigma``), estimates the gradient, smooths it with
-momentum, and takes a signed step of size ``lr`` projected onto the eps-ball. The
-step size drops by ``plateau_drop`` when the loss has not improved for
-``plateau_length`` steps, never below ``min_lr``.
+when ``tile`` > 1) and queries both ends of each (antithetic pairs at radius ``sigma``),
+estimates the gradient, smooths it with momentum, and takes a signed step of size ``lr``
+projected onto the eps-ball. The step size drops by ``plateau_drop`` when the loss has not
+improved for ``plateau_length`` steps, never below ``min_lr``.
 
 A probe that is already adversarial wins if it lies in the eps-ball; one outside it is
 reflected into the ball and asked again.
 
 OARS form: stage 1 sets floors on ``sigma`` and on the step (``min_lr``: the shortest sign
-step its probes saw pass); a rejected pair is redrawn, and a rejected step is rolled back
-and retried from a fresh gradient estimate. The plateau decay still takes the step below
-its floor, where the defense would reject the new iterate as a repeat of the last: such
-steps are taken without being queried, their loss read from the next estimate's probes
-(which the sigma floor lets through), and success is found among those probes. With the
-step held at the floor instead, the sign steps oscillated around the optimum: on CIFAR-10
-behind Blacklight the target's log-probability hovered near -1 for 90,000 queries.
+step its probes saw pass); with ``tile="auto"`` it first coarsens the directions' tile (through
+``auto_tiles``) while sigma's floor stays above ``coarsen_above`` times eps. A rejected pair is redrawn,
+and a rejected step is rolled back and retried from a fresh gradient estimate. The plateau
+decay still takes the step below its floor, where the defense would reject the new iterate
+as a repeat of the last: such steps are taken without being queried, their loss read from
+the next estimate's probes (which the sigma floor lets through), and success is found among
+those probes. With the step held at the floor instead, the sign steps oscillated around the
+optimum: on CIFAR-10 behind Blacklight the target's log-probability hovered near -1 for
+90,000 queries.
 """
 
 from __future__ import annotations
 
 import torch
 
-from dpplat.audits.attacks.base import Attack, Knob, register_attack, random_sign
+from dpplat.audits.attacks.base import Attack, Knob, Oracle, register_attack, random_sign
+from dpplat.audits.attacks.stage1 import calibrate_knobs
 
 
 def tiled_normal(n: int, shape: tuple[int, ...], tile: int, generator: torch.Generator) -> torch.Tensor:
@@ -60,13 +62,19 @@ class NES(Attack):
 
     def __init__(self, *, eps: float = 0.05, samples: int = 50, sigma: float = 1e-3, lr: float = 0.01,
                  min_lr: float = 5e-5, momentum: float = 0.9, plateau_length: int = 5, plateau_drop: float = 2.0,
-                 max_iterations: int = 100_000, tile: int = 1, **common) -> None:
+                 max_iterations: int = 100_000, tile: int | str = "auto", auto_tiles: tuple[int, ...] = (1, 2),
+                 coarsen_above: float = 0.5, **common) -> None:
         super().__init__(eps=eps, **common)
         if samples < 2 or samples % 2:
             raise ValueError(f"samples must be an even number of at least 2 (antithetic pairs), got {samples}.")
-        if int(tile) != tile or tile < 1:
-            raise ValueError(f"tile must be a whole number of pixels, at least 1, got {tile}.")
-        self.tile = int(tile)
+        if tile != "auto" and (isinstance(tile, str) or int(tile) != tile or tile < 1):
+            raise ValueError(f"tile must be a whole number of pixels, at least 1, or 'auto', got {tile!r}.")
+        if not auto_tiles or any(int(t) != t or t < 1 for t in auto_tiles):
+            raise ValueError(f"auto_tiles must be whole numbers of pixels, at least 1, finest first; got {auto_tiles!r}.")
+        if not coarsen_above > 0:
+            raise ValueError(f"coarsen_above must be > 0 (a fraction of eps), got {coarsen_above}.")
+        self.tile_setting, self.auto_tiles, self.coarsen_above = tile, tuple(int(t) for t in auto_tiles), coarsen_above
+        self.tile = self.auto_tiles[0] if tile == "auto" else int(tile)  # the tile in use: stage 1 may choose it
         self.samples, self.sigma, self.lr, self.min_lr = samples, sigma, lr, min_lr
         self.momentum, self.plateau_length, self.plateau_drop = momentum, plateau_length, plateau_drop
         self.max_iterations = max_iterations
@@ -74,7 +82,36 @@ class NES(Attack):
     def _loss(self, scores: torch.Tensor, target: int) -> torch.Tensor:
         return scores[:, target]
 
+    def calibrate(self, oracle: Oracle, x: torch.Tensor) -> dict[str, float]:
+        """Stage 1, and with ``tile="auto"`` the tile: the first of ``auto_tiles`` whose sigma floor is at most
+        ``coarsen_above`` times eps, else the one with the lowest floor.
+
+        Why: a defense that hashes block statistics (PIHA) lets pixel noise through only when it is
+        nearly as large as the budget, and an estimate from probes that far out is the gradient of the
+        loss smoothed over the whole ball; coarser tiles get through at a smaller radius, but they
+        restrict the directions, so they cost wherever the finest tile gets through. On CIFAR-10 (4 images)
+        undefended NES won 4 with pixel noise, 3 with 2x2 tiles and 2 with 4x4 tiles, hence (1, 2), and
+        PIHA 1, 2 and 2; with "auto" (the default) 2, while wherever pixel noise gets through (no
+        defense, Blacklight, every MNIST image tried) it is the fixed tile of 1, draw for draw.
+        """
+        if self.tile_setting != "auto":
+            return calibrate_knobs(self, oracle, x)
+        best: tuple[int, dict[str, float]] | None = None
+        for tile in self.auto_tiles:
+            self.tile = tile
+            floors = calibrate_knobs(self, oracle, x)
+            if best is None or floors["sigma"] < best[1]["sigma"]:
+                best = (tile, floors)
+            if floors["sigma"] <= self.coarsen_above * self.eps:
+                best = (tile, floors)
+                break
+        self.tile, floors = best
+        self.choices["tile"] = self.tile
+        return floors
+
     def _run(self, oracle, x, start) -> None:
+        if self.tile_setting == "auto":
+            self.tile = self.choices.get("tile", self.auto_tiles[0])  # the standard form has no stage 1
         lr = self.lr
         target = oracle.target
         low, high = (x - self.eps).clamp(0, 1), (x + self.eps).clamp(0, 1)
