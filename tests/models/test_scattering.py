@@ -80,29 +80,42 @@ def test_scatnet_per_sample_gradients_match_the_loop(name, clipping):
     check_rule(model, torch.rand(5, 1, 28, 28), clipping=clipping, C=0.05)
 
 
-def test_data_norm_is_released_privately_composed_and_saved_with_the_head(tmp_path, monkeypatch):
-    config = TrainConfig(dataset="mnist", model="scatnet-linear-datanorm", epsilon=2.0, epochs=2, batch_size=64,
-                         subset=256, test_subset=100, optimizer="adam", lr=3e-3, max_grad_norm=1.0)
+def _fit_with_release(monkeypatch, model: str):
+    """A small private fit of a ScatterNet whose head starts with a released statistic; the stem runs counted."""
+    config = TrainConfig(dataset="mnist", model=model, epsilon=2.0, epochs=2, batch_size=64, subset=256,
+                         test_subset=100, optimizer="adam", lr=3e-3, max_grad_norm=1.0)
     train_set = data.load_dataset("mnist", subset=256, seed=0)
     calls = _count_stem_rows(monkeypatch)
     model = fit(config, train_set)
     assert sum(calls) == 256, "the release reads the cached features, not a second pass of the stem"
-    norm = model.head[0]
     with torch.no_grad():
-        raw = model.stem(train_set.tensors[0])
+        features = model.stem(train_set.tensors[0])
+    return config, train_set, calls, model, features
+
+
+def _trained_and_loaded(config, tmp_path, releases: int):
+    """``train`` with the store: the release is in the privacy statement, and the head loads back with it."""
+    result = train(config, store=RunStore(tmp_path / "runs.db"), quiet=True)
+    assert (f"Composed before training: {releases} Gaussian release(s) of data statistics, noise multiplier 8"
+            in result.statement)
+    assert result.epsilon <= 2.0
+    loaded, _ = load_run_model(RunStore(tmp_path / "runs.db"), result.run_id)
+    test_images = data.load_dataset("mnist", "test", subset=100, seed=0).tensors[0]
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(test_images), result.model.eval()(test_images))
+    return result.model.head[0], loaded.model.head[0]
+
+
+def test_data_norm_is_released_privately_composed_and_saved_with_the_head(tmp_path, monkeypatch):
+    config, train_set, calls, model, raw = _fit_with_release(monkeypatch, "scatnet-linear-datanorm")
+    norm = model.head[0]
     # no MNIST example's channel means reach the clip (3), so the mean is off by the noise alone: sigma C / N
     noise = (norm.mean - raw.mean((0, 2, 3))) / (config.data_norm_noise * config.data_norm_clip / 256)
     assert 0.7 < noise.std().item() < 1.3 and noise.abs().max() < 5
     assert not torch.equal(norm.var, torch.ones_like(norm.var)) and (norm.var >= 0).all()
 
-    result = train(config, store=RunStore(tmp_path / "runs.db"), quiet=True)
-    assert "Composed before training: 2 Gaussian release(s) of data statistics, noise multiplier 8" in result.statement
-    assert result.epsilon <= 2.0
-    loaded, _ = load_run_model(RunStore(tmp_path / "runs.db"), result.run_id)
-    assert torch.equal(loaded.model.head[0].var, result.model.head[0].var)
-    test_images = data.load_dataset("mnist", "test", subset=100, seed=0).tensors[0]
-    with torch.no_grad():
-        assert torch.allclose(loaded.model(test_images), result.model.eval()(test_images))
+    trained, loaded = _trained_and_loaded(config, tmp_path, releases=2)
+    assert torch.equal(loaded.var, trained.var)
 
     calls.clear()
     views = fit(TrainConfig(**{**config.__dict__, "augmult": 2, "epochs": 1}), train_set)
@@ -111,15 +124,8 @@ def test_data_norm_is_released_privately_composed_and_saved_with_the_head(tmp_pa
 
 
 def test_centering_is_released_privately_composed_and_saved_with_the_head(tmp_path, monkeypatch):
-    config = TrainConfig(dataset="mnist", model="scatnet-linear-centered", epsilon=2.0, epochs=2, batch_size=64,
-                         subset=256, test_subset=100, optimizer="adam", lr=3e-3, max_grad_norm=1.0)
-    train_set = data.load_dataset("mnist", subset=256, seed=0)
-    calls = _count_stem_rows(monkeypatch)
-    model = fit(config, train_set)
-    assert sum(calls) == 256, "the release reads the cached features, not a second pass of the stem"
+    config, _, _, model, features = _fit_with_release(monkeypatch, "scatnet-linear-centered")
     center = model.head[0]
-    with torch.no_grad():
-        features = model.stem(train_set.tensors[0])
     # GroupNorm bounds every example's norm by sqrt(81 * 7 * 7) = 63, the release's clip: nothing is clipped,
     # so the released mean is off by the noise alone, sigma * 63 / N on each of the 3,969 coordinates
     assert center.clip == 63.0 and features.flatten(1).norm(dim=1).max() <= 63.0
@@ -129,12 +135,8 @@ def test_centering_is_released_privately_composed_and_saved_with_the_head(tmp_pa
     with torch.no_grad():
         assert torch.allclose(model.head[1](center(features[:3])), (features[:3] - center.mean).flatten(1))
 
-    result = train(config, store=RunStore(tmp_path / "runs.db"), quiet=True)
-    assert "Composed before training: 1 Gaussian release(s) of data statistics, noise multiplier 8" in result.statement
-    assert result.epsilon <= 2.0
-    loaded, _ = load_run_model(RunStore(tmp_path / "runs.db"), result.run_id)
-    assert torch.equal(loaded.model.head[0].mean, result.model.head[0].mean)
-    assert not torch.equal(loaded.model.head[0].mean, torch.zeros_like(center.mean))
+    trained, loaded = _trained_and_loaded(config, tmp_path, releases=1)
+    assert torch.equal(loaded.mean, trained.mean) and not torch.equal(loaded.mean, torch.zeros_like(center.mean))
     with pytest.raises(ValueError, match=r"shape \(81, 7, 7\) got a mean of shape \(81,\)"):
         center.set_mean(torch.zeros(81))
 
