@@ -33,9 +33,11 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--augmult", type=int, help="augmentation multiplicity: K views per example, averaged before clipping")
     p.add_argument("--ema-decay", type=float, help="evaluate an exponential moving average of the weights")
     p.add_argument("--data-norm-noise", type=float,
-                   help="noise multiplier of the private release of *-datanorm models' feature statistics (default 8)")
+                   help="noise multiplier of the private release of *-datanorm and *-centered models' feature "
+                        "statistics (default 8)")
     p.add_argument("--data-norm-clip", type=float,
-                   help="L2 bound on one example's channel means (and mean squares) in that release (default 3)")
+                   help="L2 bound on one example's channel means (and mean squares) in the *-datanorm release "
+                        "(default 3; *-centered models use the bound their GroupNorm guarantees)")
     p.add_argument("--device", help="where to train: cpu (default), cuda, cuda:N, or auto (a GPU when there is one)")
     p.add_argument("--secure-mode", action="store_true", default=None, help="noise from the OS CSPRNG")
     p.add_argument("--name", help="a label for the run")

@@ -138,6 +138,7 @@ class Attack:
         self.eps, self.target_rate, self.probes, self.search_steps = eps, target_rate, probes, search_steps
         self.max_resamples, self.escalate_window, self.relax_below = max_resamples, escalate_window, relax_below
         self.seed = seed
+        self.choices: dict[str, object] = {}  # stage 1's discrete choices for the current image (NES's tile)
 
     # ---- helpers for subclasses ----------------------------------------------------
     def consider(self, x: torch.Tensor, candidates: torch.Tensor, adversarial: torch.Tensor) -> None:
@@ -295,7 +296,7 @@ class Attack:
         self.reference_radius = float((start - x).norm()) if start is not None else 1.0
         oracle = Oracle(defense, label=label, target=target if self.targeted else None, budget=budget, mode=mode)
         stopped, stage1 = "finished", {}
-        self.choices: dict[str, object] = {}  # stage 1's discrete choices, if the attack makes any
+        self.choices = {}
         try:
             if mode == "oars":
                 self.floors = self.calibrate(oracle, x)
