@@ -74,15 +74,12 @@ def release_feature_statistics(model: torch.nn.Module, train_set, config: TrainC
     private = dict(noise_multiplier=config.data_norm_noise, secure=config.secure_mode, generator=generator)
     if isinstance(layer, DataNorm):
         release = private_channel_moments(features.tensors[0], clip=config.data_norm_clip, **private)
-        stats = [release.mean, release.var]
+        stats, fill = [release.mean, release.var], layer.set_statistics
     else:
         release = private_mean(features.tensors[0], clip=layer.clip, **private)
-        stats = [release.mean]
+        stats, fill = [release.mean], layer.set_mean
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         for stat in stats:  # one release for all ranks (secure mode draws per process)
             torch.distributed.broadcast(stat, src=0)
-    if isinstance(layer, DataNorm):
-        layer.set_statistics(*stats)
-    else:
-        layer.set_mean(*stats)
+    fill(*stats)
     engine.record_release(*release.accountant_entry())

@@ -100,11 +100,11 @@ class NES(Attack):
         for tile in self.auto_tiles:
             self.tile = tile
             floors = calibrate_knobs(self, oracle, x)
-            if best is None or floors["sigma"] < best[1]["sigma"]:
-                best = (tile, floors)
-            if floors["sigma"] <= self.coarsen_above * self.eps:
+            if floors["sigma"] <= self.coarsen_above * self.eps:  # the finest tile that fits
                 best = (tile, floors)
                 break
+            if best is None or floors["sigma"] < best[1]["sigma"]:
+                best = (tile, floors)
         self.tile, floors = best
         self.choices["tile"] = self.tile
         return floors

@@ -1,0 +1,79 @@
+"""NES's tiled directions: the tiles themselves, the lower floor they find behind PIHA, and stage 1's choice of tile."""
+
+import pytest
+import torch
+
+from dpplat.audits.attacks import create_attack
+from dpplat.audits.defenses import create_defense
+from tests.audits.test_attacks import RadiusDefense, setting
+
+
+def test_tiled_directions_are_constant_on_blocks_with_unit_variance():
+    from dpplat.audits.attacks.nes import tiled_normal
+
+    noise = tiled_normal(400, (3, 10, 10), 4, torch.Generator().manual_seed(0))
+    assert noise.shape == (400, 3, 10, 10)
+    assert torch.equal(noise[:, :, :4, :4], noise[:, :, :1, :1].expand(-1, -1, 4, 4))
+    assert torch.equal(noise[:, :, 8:, 8:], noise[:, :, 8:9, 8:9].expand(-1, -1, 2, 2))  # the ragged edge
+    assert not torch.equal(noise[:, 0], noise[:, 1]), "channels are drawn apart"
+    assert float(noise.var()) == pytest.approx(1.0, abs=0.1)
+    with pytest.raises(ValueError, match="tile"):
+        create_attack("nes", tile=0)
+
+
+def test_tiled_probes_get_past_piha_at_a_smaller_radius(mnist_model, mnist_test):
+    """PIHA blurs and sums blocks, which averages independent pixel noise away; noise constant on
+    4x4 tiles moves the block sums as a whole, so stage 1 finds a lower sigma floor."""
+    from dpplat.audits.attacks.base import Oracle
+    from dpplat.audits.attacks.stage1 import calibrate_knobs
+
+    _, x, label, target, _ = setting("nes", mnist_model, mnist_test, 0)
+    floors = {}
+    for tile in (1, 4):
+        defense = create_defense("piha", mnist_model, input_shape=(1, 28, 28))
+        attack = create_attack("nes", eps=0.3, tile=tile, seed=1)
+        attack.rng, attack.floors = attack.generator(0), {}
+        floors[tile] = calibrate_knobs(attack, Oracle(defense, label=label, target=target, mode="oars"), x)
+    assert floors[4]["sigma"] < 0.75 * floors[1]["sigma"]
+    assert floors[4]["min_lr"] < 0.9 * floors[1]["min_lr"]
+
+
+class BlockRadiusDefense(RadiusDefense):
+    """Sees only 4x4 block means, as PIHA sees block sums: a hit is a query whose block means lie within L2
+    ``radius`` of an accepted one's. Pixel noise of std s moves them by about 7 s / 4 on MNIST, noise on 2x2
+    tiles by 7 s / 2, on 4x4 tiles by 7 s."""
+
+    def _digest(self, x):
+        return torch.nn.functional.avg_pool2d(x, 4).flatten(1)
+
+
+@pytest.mark.parametrize("radius,tiles,tile", [(0.1, (1, 2), 1), (0.35, (1, 2), 2), (0.7, (1, 2, 4), 4),
+                                               (0.7, (1, 2), 2)])
+def test_nes_auto_tile_is_the_finest_whose_sigma_floor_fits_in_half_the_ball(radius, tiles, tile, mnist_model,
+                                                                             mnist_test):
+    """Else the one with the lowest floor (the last case: the floor at 2x2 tiles is 0.27, over half of 0.3)."""
+    _, x, label, target, _ = setting("nes", mnist_model, mnist_test, 0)
+    x = 0.25 + 0.5 * x  # away from 0 and 1, so clamping does not shorten the probes
+    defense = BlockRadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=radius)
+    fixed = create_attack("nes", eps=0.3, tile=1, seed=1).attack(defense, x, label, target=target, mode="oars",
+                                                                 budget=600)
+    auto = create_attack("nes", eps=0.3, tile="auto", auto_tiles=tiles, seed=1)
+    result = auto.attack(defense, x, label, target=target, mode="oars", budget=3_000)
+    assert result.knobs["choices"] == {"tile": tile}
+    assert (result.knobs["stage1"]["sigma"] <= 0.5 * 0.3) == (tiles[-1] == 4 or radius < 0.7)
+    if tile == 1:  # the finest tile fits: the same stage 1 as a fixed tile of 1, draw for draw
+        assert result.knobs["stage1"] == fixed.knobs["stage1"]
+    else:
+        assert fixed.knobs["stage1"]["sigma"] > 0.5 * 0.3
+    standard = auto.attack(defense, x, label, target=target, budget=200)
+    assert auto.tile == 1 and standard.knobs == {}, "the standard form has no stage 1 and keeps the finest tile"
+
+
+def test_nes_tile_settings_are_checked():
+    for bad in (0, 2.5, "coarse"):
+        with pytest.raises(ValueError, match="tile must be"):
+            create_attack("nes", tile=bad)
+    with pytest.raises(ValueError, match="coarsen_above"):
+        create_attack("nes", tile="auto", coarsen_above=0)
+    with pytest.raises(ValueError, match="auto_tiles"):
+        create_attack("nes", tile="auto", auto_tiles=())
