@@ -138,7 +138,7 @@ class Attack:
         self.eps, self.target_rate, self.probes, self.search_steps = eps, target_rate, probes, search_steps
         self.max_resamples, self.escalate_window, self.relax_below = max_resamples, escalate_window, relax_below
         self.seed = seed
-        self.choices: dict[str, object] = {}  # stage 1's discrete choices for the current image (NES's tile)
+        self.choices: dict[str, object] = {}  # stage 1's discrete choices for the current image (a tile)
 
     # ---- helpers for subclasses ----------------------------------------------------
     def consider(self, x: torch.Tensor, candidates: torch.Tensor, adversarial: torch.Tensor) -> None:
@@ -242,8 +242,13 @@ class Attack:
         moves the point along the boundary's normal, so the redraw answers the midpoint's question.
         """
         offset = midpoint - x
-        turned = offset + floor * unit(torch.randn((1, *x.shape), generator=self.rng))[0]
+        turned = offset + floor * unit(self.noise(1, tuple(x.shape)))[0]
         return (x + offset.norm() * turned / turned.norm()).clamp(0, 1)  # clamping moves coordinates towards x's
+
+    def noise(self, n: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """``n`` Gaussian directions for the attack's random moves (tiled ones in
+        :class:`~dpplat.audits.attacks.tiles.TiledDirections`)."""
+        return torch.randn((n, *shape), generator=self.rng)
 
     def _watch(self, queries: int, rejected: int) -> None:
         """OARS: double every floor when more than half of the recent queries were rejected, and halve it
@@ -314,7 +319,7 @@ class Attack:
         return AttackResult(success, oracle.queries, oracle.rejections, self.best_distance, stopped, self.best, knobs)
 
     def calibrate(self, oracle: Oracle, x: torch.Tensor) -> dict[str, float]:
-        """OARS stage 1: the knobs' floors. An attack with a discrete choice to make as well (NES's tile)
+        """OARS stage 1: the knobs' floors. An attack with a discrete choice to make as well (a tile)
         overrides this, records the choice in ``self.choices``, and returns the floors that go with it."""
         return calibrate_knobs(self, oracle, x)
 

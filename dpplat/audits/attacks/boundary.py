@@ -10,7 +10,10 @@ step to how often the step towards the input does (grow above one half, shrink b
 OARS form: stage 1 sets a floor on the size of the spherical move (L2, ``min_spherical``);
 each candidate is queried once, after both moves (its sphere point alone would lie within the
 floor of it, a near-duplicate a stateful defense rejects), so the step towards the input can
-stay small and adapt as in the paper; rejected candidates are redrawn.
+stay small and adapt as in the paper; rejected candidates are redrawn. With ``tile="auto"``
+(the default) stage 1 also picks the directions' tile (:mod:`~dpplat.audits.attacks.tiles`): behind
+PIHA on CIFAR-10 the spherical floor with pixel noise was up to 3.3, more than the whole L2
+budget of 2.8, and 2x2 tiles halved it.
 """
 
 from __future__ import annotations
@@ -18,22 +21,27 @@ from __future__ import annotations
 import torch
 
 from dpplat.audits.attacks.base import Attack, Knob, register_attack, unit
+from dpplat.audits.attacks.tiles import TiledDirections, tiled_normal
 
 
 def _probe_step(attack, x, around, value, n, generator):
-    return around + value * unit(torch.randn((n, *x.shape), generator=generator))
+    return around + value * unit(tiled_normal(n, tuple(x.shape), attack.tile, generator))
 
 
 @register_attack("boundary")
-class Boundary(Attack):
+class Boundary(TiledDirections, Attack):
     norm = "l2"
     needs_start = True
     length_knob = "min_spherical"
+    tile_knob = "min_spherical"
     knobs = (Knob("min_spherical", 1e-3, 20.0, _probe_step),)
 
     def __init__(self, *, eps: float = 0.05, spherical_step: float = 0.01, source_step: float = 0.01,
-                 candidates: int = 10, adapt_every: int = 10, max_iterations: int = 1_000_000, **common) -> None:
+                 candidates: int = 10, adapt_every: int = 10, max_iterations: int = 1_000_000,
+                 tile: int | str = "auto", auto_tiles: tuple[int, ...] = (1, 2), coarsen_above: float = 0.5,
+                 **common) -> None:
         super().__init__(eps=eps, **common)
+        self._set_tiles(tile, auto_tiles, coarsen_above)
         self.spherical_step, self.source_step, self.candidates = spherical_step, source_step, candidates
         self.adapt_every, self.max_iterations = adapt_every, max_iterations
 
@@ -52,7 +60,7 @@ class Boundary(Attack):
             floor = self.floors.get("min_spherical", 0.0)
 
             def propose(m: int) -> torch.Tensor:
-                eta = torch.randn((m, *x.shape), generator=self.rng)
+                eta = self.noise(m, tuple(x.shape))
                 eta = eta - (eta.flatten(1) @ diff.flatten() / dist**2).view(-1, 1, 1, 1) * diff  # orthogonal
                 eta = unit(eta) * max(spherical * dist, floor)
                 on_sphere = diff + eta

@@ -25,23 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from dpplat.audits.attacks.base import Attack, Knob, Oracle, register_attack, random_sign
-from dpplat.audits.attacks.stage1 import calibrate_knobs
-
-
-def tiled_normal(n: int, shape: tuple[int, ...], tile: int, generator: torch.Generator) -> torch.Tensor:
-    """Standard normal noise, constant on ``tile`` x ``tile`` blocks of each channel (Ilyas et al. 2019's tiling).
-
-    Each pixel still has unit variance, so a radius means the same per-pixel amplitude at any tile.
-    Why tile: a defense that hashes block statistics (PIHA: blur, then 7x7 block sums) averages
-    independent pixel noise away, so only noise nearly as large as the budget changes its hash; noise
-    that is coherent over a block moves the block sums by the tile's area instead of its square root.
-    """
-    if tile == 1:
-        return torch.randn((n, *shape), generator=generator)
-    channels, height, width = shape
-    small = torch.randn((n, channels, -(-height // tile), -(-width // tile)), generator=generator)
-    return small.repeat_interleave(tile, 2).repeat_interleave(tile, 3)[..., :height, :width]
+from dpplat.audits.attacks.base import Attack, Knob, register_attack, random_sign
+from dpplat.audits.attacks.tiles import TiledDirections, tiled_normal
 
 
 def _probe_sigma(attack, x, around, value, n, generator):
@@ -55,9 +40,10 @@ def _probe_step(attack, x, around, value, n, generator):
 
 
 @register_attack("nes")
-class NES(Attack):
+class NES(TiledDirections, Attack):
     norm = "linf"
     targeted = True
+    tile_knob = "sigma"
     knobs = (Knob("sigma", 1e-4, 0.5, _probe_sigma), Knob("min_lr", 1e-4, 0.5, _probe_step))
 
     def __init__(self, *, eps: float = 0.05, samples: int = 50, sigma: float = 1e-3, lr: float = 0.01,
@@ -67,14 +53,7 @@ class NES(Attack):
         super().__init__(eps=eps, **common)
         if samples < 2 or samples % 2:
             raise ValueError(f"samples must be an even number of at least 2 (antithetic pairs), got {samples}.")
-        if tile != "auto" and (isinstance(tile, str) or int(tile) != tile or tile < 1):
-            raise ValueError(f"tile must be a whole number of pixels, at least 1, or 'auto', got {tile!r}.")
-        if not auto_tiles or any(int(t) != t or t < 1 for t in auto_tiles):
-            raise ValueError(f"auto_tiles must be whole numbers of pixels, at least 1, finest first; got {auto_tiles!r}.")
-        if not coarsen_above > 0:
-            raise ValueError(f"coarsen_above must be > 0 (a fraction of eps), got {coarsen_above}.")
-        self.tile_setting, self.auto_tiles, self.coarsen_above = tile, tuple(int(t) for t in auto_tiles), coarsen_above
-        self.tile = self.auto_tiles[0] if tile == "auto" else int(tile)  # the tile in use: stage 1 may choose it
+        self._set_tiles(tile, auto_tiles, coarsen_above)
         self.samples, self.sigma, self.lr, self.min_lr = samples, sigma, lr, min_lr
         self.momentum, self.plateau_length, self.plateau_drop = momentum, plateau_length, plateau_drop
         self.max_iterations = max_iterations
@@ -82,36 +61,7 @@ class NES(Attack):
     def _loss(self, scores: torch.Tensor, target: int) -> torch.Tensor:
         return scores[:, target]
 
-    def calibrate(self, oracle: Oracle, x: torch.Tensor) -> dict[str, float]:
-        """Stage 1, and with ``tile="auto"`` the tile: the first of ``auto_tiles`` whose sigma floor is at most
-        ``coarsen_above`` times eps, else the one with the lowest floor.
-
-        Why: a defense that hashes block statistics (PIHA) lets pixel noise through only when it is
-        nearly as large as the budget, and an estimate from probes that far out is the gradient of the
-        loss smoothed over the whole ball; coarser tiles get through at a smaller radius, but they
-        restrict the directions, so they cost wherever the finest tile gets through. On CIFAR-10 (4 images)
-        undefended NES won 4 with pixel noise, 3 with 2x2 tiles and 2 with 4x4 tiles, hence (1, 2), and
-        PIHA 1, 2 and 2; with "auto" (the default) 2, while wherever pixel noise gets through (no
-        defense, Blacklight, every MNIST image tried) it is the fixed tile of 1, draw for draw.
-        """
-        if self.tile_setting != "auto":
-            return calibrate_knobs(self, oracle, x)
-        best: tuple[int, dict[str, float]] | None = None
-        for tile in self.auto_tiles:
-            self.tile = tile
-            floors = calibrate_knobs(self, oracle, x)
-            if floors["sigma"] <= self.coarsen_above * self.eps:  # the finest tile that fits
-                best = (tile, floors)
-                break
-            if best is None or floors["sigma"] < best[1]["sigma"]:
-                best = (tile, floors)
-        self.tile, floors = best
-        self.choices["tile"] = self.tile
-        return floors
-
     def _run(self, oracle, x, start) -> None:
-        if self.tile_setting == "auto":
-            self.tile = self.choices.get("tile", self.auto_tiles[0])  # the standard form has no stage 1
         lr = self.lr
         target = oracle.target
         low, high = (x - self.eps).clamp(0, 1), (x + self.eps).clamp(0, 1)
@@ -127,7 +77,7 @@ class NES(Attack):
                 lr = self.floor("min_lr", lr)
 
             def propose(m: int) -> torch.Tensor:
-                u = tiled_normal(m, tuple(x.shape), self.tile, self.rng)
+                u = self.noise(m, tuple(x.shape))
                 return torch.cat([x_adv + sigma * u, x_adv - sigma * u]).clamp(0, 1)
 
             pairs, pair_scores = self.accepted(oracle, propose, self.samples // 2, group=2)

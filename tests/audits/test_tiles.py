@@ -1,4 +1,5 @@
-"""NES's tiled directions: the tiles themselves, the lower floor they find behind PIHA, and stage 1's choice of tile."""
+"""Tiled directions (NES, Boundary): the tiles themselves, the lower floor they find behind PIHA, and stage 1's
+choice of tile."""
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from tests.audits.test_attacks import RadiusDefense, setting
 
 
 def test_tiled_directions_are_constant_on_blocks_with_unit_variance():
-    from dpplat.audits.attacks.nes import tiled_normal
+    from dpplat.audits.attacks.tiles import tiled_normal
 
     noise = tiled_normal(400, (3, 10, 10), 4, torch.Generator().manual_seed(0))
     assert noise.shape == (400, 3, 10, 10)
@@ -17,8 +18,8 @@ def test_tiled_directions_are_constant_on_blocks_with_unit_variance():
     assert torch.equal(noise[:, :, 8:, 8:], noise[:, :, 8:9, 8:9].expand(-1, -1, 2, 2))  # the ragged edge
     assert not torch.equal(noise[:, 0], noise[:, 1]), "channels are drawn apart"
     assert float(noise.var()) == pytest.approx(1.0, abs=0.1)
-    with pytest.raises(ValueError, match="tile"):
-        create_attack("nes", tile=0)
+    assert torch.equal(tiled_normal(3, (3, 10, 10), 1, torch.Generator().manual_seed(0)),
+                       torch.randn((3, 3, 10, 10), generator=torch.Generator().manual_seed(0))), "tile 1 is randn"
 
 
 def test_tiled_probes_get_past_piha_at_a_smaller_radius(mnist_model, mnist_test):
@@ -69,11 +70,37 @@ def test_nes_auto_tile_is_the_finest_whose_sigma_floor_fits_in_half_the_ball(rad
     assert auto.tile == 1 and standard.knobs == {}, "the standard form has no stage 1 and keeps the finest tile"
 
 
-def test_nes_tile_settings_are_checked():
+@pytest.mark.parametrize("radius,tiles,tile", [(0.05, (1, 2), 1), (0.12, (1, 2), 2), (0.25, (1, 2, 4), 4),
+                                               (0.25, (1, 2), 2)])
+def test_boundary_auto_tile_is_the_finest_whose_spherical_floor_fits_in_half_the_l2_budget(radius, tiles, tile,
+                                                                                          mnist_model, mnist_test):
+    """Half the L2 budget is 0.5 * eps * sqrt(d) = 1.4 here. Stage 1's spherical floors against this defense
+    were about 20, 10 and 4 times its radius with tiles of 1, 2 and 4 (radius 0.05: 0.98 with pixel noise;
+    0.12: 2.29 and 1.14; 0.25: 2.29 with 2x2 tiles, 1.06 with 4x4), and the walk's moves use the chosen tile."""
+    _, x, label, _, start = setting("boundary", mnist_model, mnist_test, 0)
+    x = 0.25 + 0.5 * x
+    defense = BlockRadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=radius)
+    fixed = create_attack("boundary", eps=0.1, tile=1, seed=1).attack(defense, x, label, start=start, mode="oars",
+                                                                      budget=400)
+    auto = create_attack("boundary", eps=0.1, tile="auto", auto_tiles=tiles, seed=1)
+    result = auto.attack(defense, x, label, start=start, mode="oars", budget=1_500)
+    assert result.knobs["choices"] == {"tile": tile}
+    floor = result.knobs["stage1"]["min_spherical"]
+    assert (floor <= 0.5 * 0.1 * 28) == (tiles[-1] == 4 or radius < 0.25)
+    if tile == 1:
+        assert result.knobs["stage1"] == fixed.knobs["stage1"]
+    else:
+        assert fixed.knobs["stage1"]["min_spherical"] > 0.5 * 0.1 * 28
+        noise = auto.noise(2, (1, 28, 28))
+        assert torch.equal(noise[:, :, :tile, :tile], noise[:, :, :1, :1].expand(-1, -1, tile, tile))
+
+
+@pytest.mark.parametrize("name", ["nes", "boundary"])
+def test_tile_settings_are_checked(name):
     for bad in (0, 2.5, "coarse"):
         with pytest.raises(ValueError, match="tile must be"):
-            create_attack("nes", tile=bad)
+            create_attack(name, tile=bad)
     with pytest.raises(ValueError, match="coarsen_above"):
-        create_attack("nes", tile="auto", coarsen_above=0)
+        create_attack(name, tile="auto", coarsen_above=0)
     with pytest.raises(ValueError, match="auto_tiles"):
-        create_attack("nes", tile="auto", auto_tiles=())
+        create_attack(name, tile="auto", auto_tiles=())
