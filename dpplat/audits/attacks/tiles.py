@@ -72,7 +72,8 @@ class TiledDirections:
         Measured: on CIFAR-10 behind PIHA, NES's sigma floor with pixel noise was 0.035-0.058 against
         an L-infinity budget of 0.05, and Boundary's spherical floor 1.7-3.3 on three of eight images
         against an L2 budget of 2.8; 2x2 tiles about halved both. Undefended, NES won 4 of 4 images
-        with pixel noise, 3 with 2x2 tiles and 2 with 4x4 tiles, hence ``auto_tiles=(1, 2)``.
+        with pixel noise, 3 with 2x2 tiles and 2 with 4x4 tiles, hence NES's ``auto_tiles=(1, 2)``;
+        Boundary's walk does not suffer from 4x4 tiles and goes up to them (see its module).
         """
         if self.tile_setting != "auto":
             return calibrate_knobs(self, oracle, x)
