@@ -48,51 +48,43 @@ class BlockRadiusDefense(RadiusDefense):
         return torch.nn.functional.avg_pool2d(x, 4).flatten(1)
 
 
-@pytest.mark.parametrize("radius,tiles,tile", [(0.1, (1, 2), 1), (0.35, (1, 2), 2), (0.7, (1, 2, 4), 4),
-                                               (0.7, (1, 2), 2)])
-def test_nes_auto_tile_is_the_finest_whose_sigma_floor_fits_in_half_the_ball(radius, tiles, tile, mnist_model,
-                                                                             mnist_test):
-    """Else the one with the lowest floor (the last case: the floor at 2x2 tiles is 0.27, over half of 0.3)."""
-    _, x, label, target, _ = setting("nes", mnist_model, mnist_test, 0)
+# (attack, eps, the knob that decides, half the budget as that knob measures it, stage-1 budget)
+NES_CASE = ("nes", 0.3, "sigma", 0.5 * 0.3, 600)
+BOUNDARY_CASE = ("boundary", 0.1, "min_spherical", 0.5 * 0.1 * 28, 400)
+
+
+@pytest.mark.parametrize("case,radius,tiles,tile,fits", [
+    (NES_CASE, 0.1, (1, 2), 1, True), (NES_CASE, 0.35, (1, 2), 2, True), (NES_CASE, 0.7, (1, 2, 4), 4, True),
+    (NES_CASE, 0.7, (1, 2), 2, False), (BOUNDARY_CASE, 0.05, (1, 2), 1, True), (BOUNDARY_CASE, 0.12, (1, 2), 2, True),
+    (BOUNDARY_CASE, 0.25, (1, 2, 4), 4, True), (BOUNDARY_CASE, 0.25, (1, 2), 2, False)])
+def test_auto_tile_is_the_finest_whose_floor_fits_in_half_the_budget(case, radius, tiles, tile, fits, mnist_model,
+                                                                     mnist_test):
+    """Else the one with the lowest floor (where none fits).
+
+    NES: half the L-infinity ball is 0.15; at radius 0.7 the sigma floor with 2x2 tiles is 0.27.
+    Boundary: half the L2 budget is eps * sqrt(d) / 2 = 1.4; the spherical floors against this defense
+    were about 20, 10 and 4 times its radius with tiles of 1, 2 and 4 (radius 0.05: 0.98 with pixel
+    noise; 0.12: 2.29 and 1.14; 0.25: 2.29 with 2x2 tiles, 1.06 with 4x4). The attack's moves use the
+    chosen tile, and the standard form, which has no stage 1, the finest.
+    """
+    name, eps, knob, limit, budget = case
+    _, x, label, target, start = setting(name, mnist_model, mnist_test, 0)
     x = 0.25 + 0.5 * x  # away from 0 and 1, so clamping does not shorten the probes
+    goal = {"target": target} if name == "nes" else {"start": start}
     defense = BlockRadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=radius)
-    fixed = create_attack("nes", eps=0.3, tile=1, seed=1).attack(defense, x, label, target=target, mode="oars",
-                                                                 budget=600)
-    auto = create_attack("nes", eps=0.3, tile="auto", auto_tiles=tiles, seed=1)
-    result = auto.attack(defense, x, label, target=target, mode="oars", budget=3_000)
+    fixed = create_attack(name, eps=eps, tile=1, seed=1).attack(defense, x, label, mode="oars", budget=budget, **goal)
+    auto = create_attack(name, eps=eps, tile="auto", auto_tiles=tiles, seed=1)
+    result = auto.attack(defense, x, label, mode="oars", budget=5 * budget, **goal)
     assert result.knobs["choices"] == {"tile": tile}
-    assert (result.knobs["stage1"]["sigma"] <= 0.5 * 0.3) == (tiles[-1] == 4 or radius < 0.7)
+    assert (result.knobs["stage1"][knob] <= limit) == fits
     if tile == 1:  # the finest tile fits: the same stage 1 as a fixed tile of 1, draw for draw
         assert result.knobs["stage1"] == fixed.knobs["stage1"]
     else:
-        assert fixed.knobs["stage1"]["sigma"] > 0.5 * 0.3
-    standard = auto.attack(defense, x, label, target=target, budget=200)
-    assert auto.tile == 1 and standard.knobs == {}, "the standard form has no stage 1 and keeps the finest tile"
-
-
-@pytest.mark.parametrize("radius,tiles,tile", [(0.05, (1, 2), 1), (0.12, (1, 2), 2), (0.25, (1, 2, 4), 4),
-                                               (0.25, (1, 2), 2)])
-def test_boundary_auto_tile_is_the_finest_whose_spherical_floor_fits_in_half_the_l2_budget(radius, tiles, tile,
-                                                                                          mnist_model, mnist_test):
-    """Half the L2 budget is 0.5 * eps * sqrt(d) = 1.4 here. Stage 1's spherical floors against this defense
-    were about 20, 10 and 4 times its radius with tiles of 1, 2 and 4 (radius 0.05: 0.98 with pixel noise;
-    0.12: 2.29 and 1.14; 0.25: 2.29 with 2x2 tiles, 1.06 with 4x4), and the walk's moves use the chosen tile."""
-    _, x, label, _, start = setting("boundary", mnist_model, mnist_test, 0)
-    x = 0.25 + 0.5 * x
-    defense = BlockRadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=radius)
-    fixed = create_attack("boundary", eps=0.1, tile=1, seed=1).attack(defense, x, label, start=start, mode="oars",
-                                                                      budget=400)
-    auto = create_attack("boundary", eps=0.1, tile="auto", auto_tiles=tiles, seed=1)
-    result = auto.attack(defense, x, label, start=start, mode="oars", budget=1_500)
-    assert result.knobs["choices"] == {"tile": tile}
-    floor = result.knobs["stage1"]["min_spherical"]
-    assert (floor <= 0.5 * 0.1 * 28) == (tiles[-1] == 4 or radius < 0.25)
-    if tile == 1:
-        assert result.knobs["stage1"] == fixed.knobs["stage1"]
-    else:
-        assert fixed.knobs["stage1"]["min_spherical"] > 0.5 * 0.1 * 28
+        assert fixed.knobs["stage1"][knob] > limit
         noise = auto.noise(2, (1, 28, 28))
         assert torch.equal(noise[:, :, :tile, :tile], noise[:, :, :1, :1].expand(-1, -1, tile, tile))
+    standard = auto.attack(defense, x, label, budget=200, **goal)
+    assert auto.tile == 1 and standard.knobs == {}, "the standard form has no stage 1 and keeps the finest tile"
 
 
 @pytest.mark.parametrize("name", ["nes", "boundary"])
