@@ -50,7 +50,21 @@ def perturb(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def train_encoder(images: torch.Tensor, *, steps: int = 600, batch_size: int = 128, margin: float = 10.0,
                   seed: int = 0) -> SimilarityEncoder:
-    """Contrastive training: pull (image, perturbed image) together, push other images past ``margin``."""
+    """Contrastive training: pull (image, perturbed image) together, push other images past ``margin``.
+
+    Trained on one thread, so that the detector is a function of the images and the seed alone:
+    a convolution's sums are split by thread, and 40 steps on one and on two threads already gave
+    different weights, so audits run with different worker counts attacked different detectors.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(images, steps, batch_size, margin, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(images: torch.Tensor, steps: int, batch_size: int, margin: float, seed: int) -> SimilarityEncoder:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     encoder = SimilarityEncoder(images.shape[1], images.shape[2])
