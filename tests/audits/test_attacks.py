@@ -189,6 +189,8 @@ def test_bad_inputs_are_refused_clearly(mnist_model, mnist_test):
         create_attack("square").attack(defense, x, 1, mode="adaptive")
     with pytest.raises(ValueError, match="eps"):
         create_attack("square", eps=0)
+    with pytest.raises(ValueError, match="dither"):
+        create_attack("square", dither="yes")
     assert set(ATTACKS) <= set(available_attacks())
 
 
@@ -297,7 +299,6 @@ def test_square_oars_dither_lets_small_squares_past_blacklight(mnist_model, mnis
     stays in the eps-ball, and with it much smaller squares get through."""
     from dpplat.audits.attacks.base import Oracle
     from dpplat.audits.attacks.square import _dithered
-    from dpplat.audits.attacks.stage1 import calibrate_knobs
 
     area = {True: 0, False: 0}
     for i in range(3):
@@ -305,11 +306,9 @@ def test_square_oars_dither_lets_small_squares_past_blacklight(mnist_model, mnis
         for dither in (True, False):
             defense = create_defense("blacklight", mnist_model, input_shape=(1, 28, 28))
             defense.reset()
-            attack = create_attack("square", eps=0.3, seed=1)
-            if not dither:
-                attack.knobs = attack.knobs[1:]
+            attack = create_attack("square", eps=0.3, seed=1, dither=dither)
             attack.rng, attack.floors = attack.generator(i), {}
-            floors = calibrate_knobs(attack, Oracle(defense, label=label, mode="oars"), x)
+            floors = attack.calibrate(Oracle(defense, label=label, mode="oars"), x)
             area[dither] += floors["min_square"] ** 2 * floors["squares"]  # pixels a proposal repaints
             if dither:
                 assert floors["dither"] < 0.3 / 2, "a dither under the knob's cap passes"
@@ -321,6 +320,49 @@ def test_square_oars_dither_lets_small_squares_past_blacklight(mnist_model, mnis
     assert 0.02 < float((delta - moved).abs().mean()) < 0.06  # about 0.05 * E|N(0, 1)| = 0.04
 
 
+class BlocksChangedDefense(RadiusDefense):
+    """Sees which 7x7 blocks a query changes, as a block hash (PIHA) does: a hit is a query that differs from
+    an accepted one in fewer than ``radius`` blocks. One square reaches at most 9 blocks however large it is;
+    several small ones spread over as many blocks as there are squares."""
+
+    def _digest(self, x):
+        return x.unfold(2, 7, 7).unfold(3, 7, 7).flatten(-2).flatten(1, 3)  # (N, blocks, 49)
+
+    def _lookup(self, digests, i):
+        if not self.stored:
+            return False, None
+        changed = ((torch.stack(self.stored) - digests[i]).abs().amax(-1) > 1e-6).sum(1)
+        return bool(changed.min() < self.radius), int(changed.argmin())
+
+
+def test_square_oars_chooses_side_and_count_together(mnist_model, mnist_test):
+    """Stage 1 keeps the smallest painted area that gets through. Searching the side with one square first
+    ends at a square large enough to change five blocks on its own; many small squares do it with a
+    fraction of the pixels (behind PIHA on CIFAR-10: eight squares of side 4 where it had taken two of 16)."""
+    from dpplat.audits.attacks.base import Oracle
+    from dpplat.audits.attacks.stage1 import calibrate_knobs
+
+    for i in range(2):
+        _, x, label, _, _ = setting("square", mnist_model, mnist_test, i)
+        area = {}
+        for joint in (True, False):
+            attack = create_attack("square", eps=0.3, seed=1, dither=False)  # which also changes every block
+            attack.rng, attack.floors = attack.generator(i), {}
+            oracle = Oracle(BlocksChangedDefense(mnist_model, input_shape=(1, 28, 28), radius=5), label=label,
+                            mode="oars")
+            floors = attack.calibrate(oracle, x) if joint else calibrate_knobs(attack, oracle, x, attack.knobs[1:])
+            area[joint] = floors["min_square"] ** 2 * floors["squares"]
+            if joint:
+                assert floors["squares"] >= 5, "five blocks need several squares"
+        assert area[True] < area[False] / 2, area
+
+        attack = create_attack("square", eps=0.3, seed=1)
+        attack.rng, attack.floors = attack.generator(i), {}
+        undefended = attack.calibrate(Oracle(create_defense("none", mnist_model, input_shape=(1, 28, 28)),
+                                             label=label, mode="oars"), x)
+        assert (undefended["min_square"], undefended["squares"]) == (1, 1), "the lowest value can be the floor"
+
+
 def test_stage_one_leaves_out_an_optional_knob_that_never_gets_through(mnist_model, mnist_test):
     """Square's dither only helps its squares through; where even its largest value is rejected (here:
     everything is), it is left out (0) instead of pulling every pixel half the ball inwards."""
@@ -330,6 +372,6 @@ def test_stage_one_leaves_out_an_optional_knob_that_never_gets_through(mnist_mod
     _, x, label, _, _ = setting("square", mnist_model, mnist_test, 0)
     attack = create_attack("square", eps=0.3, seed=1)
     attack.rng, attack.floors = attack.generator(0), {}
-    floors = calibrate_knobs(attack, Oracle(RejectAfter(mnist_model, input_shape=(1, 28, 28), n=0),
-                                            label=label, mode="oars"), x)
+    floors = attack.calibrate(Oracle(RejectAfter(mnist_model, input_shape=(1, 28, 28), n=0), label=label,
+                                     mode="oars"), x)
     assert floors == {"dither": 0.0, "min_square": 16, "squares": 16}

@@ -11,7 +11,7 @@ in the OARS form, where redrawn proposals spend queries too, left most of the bu
 
 OARS form: stage 1 sets floors on a faint inward dither of every pixel (``dither``), the
 square side (``min_square``) and the number of squares per proposal (``squares``); a rejected
-proposal is redrawn.
+proposal is redrawn. Side and count are chosen together (see :meth:`Square.calibrate`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import math
 import torch
 
 from dpplat.audits.attacks.base import Attack, Knob, random_sign, register_attack
+from dpplat.audits.attacks.stage1 import calibrate_knobs, search_knob
 
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -102,16 +103,41 @@ class Square(Attack):
     norm = "linf"
 
     def __init__(self, *, eps: float = 0.05, p_init: float = 0.05, iterations: int = 10_000, min_square: int = 1,
-                 squares: int = 1, **common) -> None:
+                 squares: int = 1, dither: bool = True, **common) -> None:
         super().__init__(eps=eps, **common)
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init is a fraction of the pixels in (0, 1], got {p_init}.")
+        if not isinstance(dither, bool):
+            raise ValueError(f"dither is true (stage 1 measures it) or false (the squares alone), got {dither!r}.")
         self.p_init, self.iterations, self.min_square, self.squares = p_init, iterations, min_square, squares
+        self.dither = dither
         # Sides above half the image leave too few distinct positions: the proposals repeat each other.
         # The dither comes first: once it lets small squares through, the size and count floors stay low.
         self.knobs = (Knob("dither", 1e-4, eps / 2, _probe_dither, base=_base, optional=True),
                       Knob("min_square", 1, 16, _probe_side, integer=True, base=_base),
                       Knob("squares", 1, 16, _probe_count, integer=True, base=_base))
+
+    def calibrate(self, oracle, x: torch.Tensor) -> dict[str, float]:
+        """Stage 1: the dither, then the smallest painted area (side squared times count) whose proposals get through.
+
+        A side searched alone, with one square, then a count at that side, ends wherever one square first
+        gets through: behind PIHA on CIFAR-10 that was two squares of side 16, half the image a proposal,
+        where eight squares of side 4 (a quarter of the pixels) or four of side 8 got through as well. So each
+        side from the smallest, doubling, gets its own count search, and the search stops once a side's single
+        square is no smaller than the best area found. When nothing gets through, side and count take their caps.
+        ``dither=False`` leaves the dither out (the squares alone, as in Feng et al.'s OARS).
+        """
+        dither, side_knob, count_knob = self.knobs
+        floors = calibrate_knobs(self, oracle, x, (dither,)) if self.dither else {"dither": 0.0}
+        best: tuple[int, int] | None = None
+        side = int(side_knob.low)
+        while side <= side_knob.high and (best is None or side * side < best[0] ** 2 * best[1]):
+            count = search_knob(self, oracle, x, count_knob, {**floors, "min_square": side})
+            if count is not None and (best is None or side * side * count < best[0] ** 2 * best[1]):
+                best = (side, int(count))
+            side *= 2
+        side, count = best if best is not None else (int(side_knob.high), int(count_knob.high))
+        return {**floors, "min_square": side, "squares": count}
 
     def side(self, i: int, h: int, w: int) -> int:
         p = self.p_init / 2 ** sum(i * 10_000 // max(self.iterations, 1) > t for t in _SCHEDULE)

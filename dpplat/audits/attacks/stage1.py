@@ -40,33 +40,43 @@ class Knob:
     optional: bool = False
 
 
-def calibrate_knobs(attack: Attack, oracle: Oracle, x: torch.Tensor) -> dict[str, float]:
-    """OARS stage 1: for each knob in turn, the smallest value whose probes are rarely rejected."""
-    floors: dict[str, float] = {}
-    for knob in attack.knobs:
-        attack.floors = floors
-
-        around = x
-        if knob.base is not None:
-            around = knob.base(attack, x, attack.rng).clamp(0, 1)
-            oracle.scores(around)
-
-        def rate(value: float) -> float:
-            probes = knob.probe(attack, x, around, value, attack.probes, attack.rng).clamp(0, 1)
-            _, rejected = oracle.scores(probes)
-            return float(rejected.float().mean())
-
-        low, high = knob.low, knob.high
-        if rate(high) > attack.target_rate:  # even the largest value is rejected: use it, stage 2 copes
-            floors[knob.attribute] = 0.0 if knob.optional else high
-            continue
-        for _ in range(attack.search_steps):
-            if knob.integer and high - low <= 1:
-                break
-            mid = (low + high) // 2 if knob.integer else math.sqrt(low * high)
-            if rate(mid) <= attack.target_rate:
-                high = mid
-            else:
-                low = mid
-        floors[knob.attribute] = high
+def calibrate_knobs(attack: Attack, oracle: Oracle, x: torch.Tensor, knobs: tuple[Knob, ...] | None = None,
+                    floors: dict[str, float] | None = None) -> dict[str, float]:
+    """OARS stage 1: for each knob in turn (``knobs``, by default all the attack's), the smallest value whose
+    probes are rarely rejected, added to ``floors`` (the knobs already set, which the probes use)."""
+    floors = dict(floors or {})
+    for knob in attack.knobs if knobs is None else knobs:
+        floor = search_knob(attack, oracle, x, knob, floors)
+        if floor is None:  # even the largest value is rejected: use it, stage 2 copes
+            floor = 0.0 if knob.optional else knob.high
+        floors[knob.attribute] = floor
     return floors
+
+
+def search_knob(attack: Attack, oracle: Oracle, x: torch.Tensor, knob: Knob, floors: dict[str, float]) -> float | None:
+    """The smallest value of ``knob`` whose probes are rejected at most ``target_rate`` of the time, or None when
+    even its largest value is rejected more often. ``floors`` are the other knobs' values, for the probe."""
+    attack.floors = floors
+    around = x
+    if knob.base is not None:
+        around = knob.base(attack, x, attack.rng).clamp(0, 1)
+        oracle.scores(around)
+
+    def rate(value: float) -> float:
+        probes = knob.probe(attack, x, around, value, attack.probes, attack.rng).clamp(0, 1)
+        _, rejected = oracle.scores(probes)
+        return float(rejected.float().mean())
+
+    if rate(knob.high) > attack.target_rate:
+        return None
+    # the search never probes its low end, so an integer knob starts one below: its lowest value can be the floor
+    low, high = (knob.low - 1 if knob.integer else knob.low), knob.high
+    for _ in range(attack.search_steps):
+        if knob.integer and high - low <= 1:
+            break
+        mid = (low + high) // 2 if knob.integer else math.sqrt(low * high)
+        if rate(mid) <= attack.target_rate:
+            high = mid
+        else:
+            low = mid
+    return high
