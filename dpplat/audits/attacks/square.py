@@ -126,9 +126,9 @@ class Square(Attack):
         side from the smallest, doubling, gets its own count search, and the search stops once a side's single
         square is no smaller than the best area found.
 
-        The dither comes second because it makes the search noisy: each proposal is judged by the margin of
-        its own dithered query, so the kept margin is the luckiest draw and later proposals must beat it.
-        Behind Blacklight on CIFAR-10, with the dither first and then one square of side 1 a proposal, Square
+        The dither comes second: it pulls every pixel in from the ball's edge, and, each proposal being judged
+        by the margin of its own dithered query, it likely makes the search noisy (the kept margin is the
+        luckiest draw, which later proposals must beat). Behind Blacklight on CIFAR-10, with the dither first and then one square of side 1 a proposal, Square
         lost images it won in about 400 queries with two squares of side 2; without the dither, sixteen
         squares of side 4 got through and it won its hardest image (4) in 44,890 queries, which every dithered
         run had lost. When nothing gets through even with the dither, side and count take their caps.

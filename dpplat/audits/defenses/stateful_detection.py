@@ -54,7 +54,7 @@ def train_encoder(images: torch.Tensor, *, steps: int = 600, batch_size: int = 1
 
     Trained on one thread, so that the detector is a function of the images and the seed alone:
     a convolution's sums are split by thread, and 40 steps on one and on two threads already gave
-    different weights, so audits run with different worker counts attacked different detectors.
+    different weights, so audits run under different thread counts attacked different detectors.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
