@@ -292,13 +292,23 @@ def test_nes_asks_again_for_an_adversarial_probe_reflected_into_the_ball(mnist_m
     assert len(defense.batches) == 1 and attack.done(), "a probe inside the ball wins without another query"
 
 
-class PixelsChangedDefense(RadiusDefense):
-    """A hit is a query that differs from an accepted one in fewer than ``radius`` pixels."""
+class BlocksChangedDefense(RadiusDefense):
+    """Sees which ``block`` x ``block`` blocks a query changes, as a block hash (PIHA) does with 7x7 blocks: a hit
+    is a query that differs from an accepted one in fewer than ``radius`` blocks. One square reaches at most 9
+    blocks however large it is; several small ones spread over as many blocks as there are squares."""
+
+    def __init__(self, model, *, block, **kw):
+        self.block = block
+        super().__init__(model, **kw)
+
+    def _digest(self, x):
+        b = self.block
+        return x.unfold(2, b, b).unfold(3, b, b).flatten(-2).flatten(1, 3)  # (N, blocks, b * b)
 
     def _lookup(self, digests, i):
         if not self.stored:
             return False, None
-        changed = ((torch.stack(self.stored) - digests[i]).abs() > 1e-6).sum(1)
+        changed = ((torch.stack(self.stored) - digests[i]).abs().amax(-1) > 1e-6).sum(1)
         return bool(changed.min() < self.radius), int(changed.argmin())
 
 
@@ -315,7 +325,7 @@ def test_square_oars_dithers_only_where_squares_alone_do_not_get_through(mnist_m
     for dither in (True, False):
         attack = create_attack("square", eps=0.3, seed=1, dither=dither)
         attack.rng, attack.floors = attack.generator(0), {}
-        defense = PixelsChangedDefense(mnist_model, input_shape=(1, 28, 28), radius=600)
+        defense = BlocksChangedDefense(mnist_model, input_shape=(1, 28, 28), block=1, radius=600)  # pixels
         floors = attack.calibrate(Oracle(defense, label=0, mode="oars"), x)
         if dither:
             assert 0 < floors["dither"] < 0.3 / 2 and (floors["min_square"], floors["squares"]) == (1, 1), floors
@@ -326,21 +336,6 @@ def test_square_oars_dithers_only_where_squares_alone_do_not_get_through(mnist_m
     moved = _dithered(attack, delta, 0.05, torch.Generator().manual_seed(0))
     assert bool((moved.abs() <= 0.3).all()) and bool((moved * delta > 0).all()), "pulled inwards, in the ball"
     assert 0.02 < float((delta - moved).abs().mean()) < 0.06  # about 0.05 * E|N(0, 1)| = 0.04
-
-
-class BlocksChangedDefense(RadiusDefense):
-    """Sees which 7x7 blocks a query changes, as a block hash (PIHA) does: a hit is a query that differs from
-    an accepted one in fewer than ``radius`` blocks. One square reaches at most 9 blocks however large it is;
-    several small ones spread over as many blocks as there are squares."""
-
-    def _digest(self, x):
-        return x.unfold(2, 7, 7).unfold(3, 7, 7).flatten(-2).flatten(1, 3)  # (N, blocks, 49)
-
-    def _lookup(self, digests, i):
-        if not self.stored:
-            return False, None
-        changed = ((torch.stack(self.stored) - digests[i]).abs().amax(-1) > 1e-6).sum(1)
-        return bool(changed.min() < self.radius), int(changed.argmin())
 
 
 def test_square_oars_chooses_side_and_count_together(mnist_model, mnist_test):
@@ -357,8 +352,8 @@ def test_square_oars_chooses_side_and_count_together(mnist_model, mnist_test):
         for joint in (True, False):
             attack = create_attack("square", eps=0.3, seed=1)
             attack.rng, attack.floors = attack.generator(i), {}
-            oracle = Oracle(BlocksChangedDefense(mnist_model, input_shape=(1, 28, 28), radius=5), label=label,
-                            mode="oars")
+            oracle = Oracle(BlocksChangedDefense(mnist_model, input_shape=(1, 28, 28), block=7, radius=5),
+                            label=label, mode="oars")
             floors = attack.calibrate(oracle, x) if joint else calibrate_knobs(attack, oracle, x, attack.knobs[1:])
             area[joint] = floors["min_square"] ** 2 * floors["squares"]
             if joint:

@@ -180,10 +180,12 @@ def test_stateful_detection_encoder_does_not_depend_on_the_thread_count():
     reference, _ = pixel_images("cifar10", "train", subset=256, seed=1)
     before = torch.get_num_threads()
     weights = []
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        encoder = train_encoder(reference, steps=10, batch_size=64, seed=3)
-        weights.append(torch.cat([p.detach().flatten() for p in encoder.parameters()]))
-        assert torch.get_num_threads() == threads, "the caller's thread count is restored"
-    torch.set_num_threads(before)
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            encoder = train_encoder(reference, steps=10, batch_size=64, seed=3)
+            weights.append(torch.cat([p.detach().flatten() for p in encoder.parameters()]))
+            assert torch.get_num_threads() == threads, "the caller's thread count is restored"
+    finally:
+        torch.set_num_threads(before)
     assert torch.equal(weights[0], weights[1])

@@ -146,12 +146,12 @@ class Square(Attack):
     def _smallest_area(self, oracle, x: torch.Tensor, floors: dict[str, float]) -> tuple[int, int] | None:
         """(side, count) with the smallest side * side * count that gets through, sides doubling; None if none does."""
         _, side_knob, count_knob = self.knobs
-        best: tuple[int, int] | None = None
+        best, best_area = None, math.inf
         side = int(side_knob.low)
-        while side <= side_knob.high and (best is None or side * side < best[0] ** 2 * best[1]):
+        while side <= side_knob.high and side * side < best_area:
             count = search_knob(self, oracle, x, count_knob, {**floors, "min_square": side})
-            if count is not None and (best is None or side * side * count < best[0] ** 2 * best[1]):
-                best = (side, int(count))
+            if count is not None and side * side * count < best_area:
+                best, best_area = (side, int(count)), side * side * count
             side *= 2
         return best
 

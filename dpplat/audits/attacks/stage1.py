@@ -40,11 +40,11 @@ class Knob:
     optional: bool = False
 
 
-def calibrate_knobs(attack: Attack, oracle: Oracle, x: torch.Tensor, knobs: tuple[Knob, ...] | None = None,
-                    floors: dict[str, float] | None = None) -> dict[str, float]:
+def calibrate_knobs(attack: Attack, oracle: Oracle, x: torch.Tensor,
+                    knobs: tuple[Knob, ...] | None = None) -> dict[str, float]:
     """OARS stage 1: for each knob in turn (``knobs``, by default all the attack's), the smallest value whose
-    probes are rarely rejected, added to ``floors`` (the knobs already set, which the probes use)."""
-    floors = dict(floors or {})
+    probes are rarely rejected; a knob's probes use the floors of the knobs before it."""
+    floors: dict[str, float] = {}
     for knob in attack.knobs if knobs is None else knobs:
         floor = search_knob(attack, oracle, x, knob, floors)
         if floor is None:  # even the largest value is rejected: use it, stage 2 copes
