@@ -1,4 +1,4 @@
-"""Tiled directions (NES, Boundary): the tiles themselves, the lower floor they find behind PIHA, and stage 1's
+"""Tiled directions (NES, HSJA, Boundary): the tiles themselves, the lower floor they find behind PIHA, and stage 1's
 choice of tile."""
 
 import pytest
@@ -48,29 +48,35 @@ class BlockRadiusDefense(RadiusDefense):
         return torch.nn.functional.avg_pool2d(x, 4).flatten(1)
 
 
-# (attack, eps, the knob that decides, half the budget as that knob measures it, stage-1 budget)
+# (attack, eps, the knob that decides, the attack's coarsen_above share of the budget as that knob measures it,
+# stage-1 budget); HSJA coarsens above a fifth of its budget, so its eps is 2.5 times Boundary's for the same limit
 NES_CASE = ("nes", 0.3, "sigma", 0.5 * 0.3, 600)
 BOUNDARY_CASE = ("boundary", 0.1, "min_spherical", 0.5 * 0.1 * 28, 400)
+HSJA_CASE = ("hsja", 0.25, "min_delta", 0.2 * 0.25 * 28, 400)
 
 
 @pytest.mark.parametrize("case,radius,tiles,tile,fits", [
     (NES_CASE, 0.1, (1, 2), 1, True), (NES_CASE, 0.35, (1, 2), 2, True), (NES_CASE, 0.7, (1, 2, 4), 4, True),
     (NES_CASE, 0.7, (1, 2), 2, False), (BOUNDARY_CASE, 0.05, (1, 2), 1, True), (BOUNDARY_CASE, 0.12, (1, 2), 2, True),
-    (BOUNDARY_CASE, 0.25, (1, 2, 4), 4, True), (BOUNDARY_CASE, 0.25, (1, 2), 2, False)])
-def test_auto_tile_is_the_finest_whose_floor_fits_in_half_the_budget(case, radius, tiles, tile, fits, mnist_model,
+    (BOUNDARY_CASE, 0.25, (1, 2, 4), 4, True), (BOUNDARY_CASE, 0.25, (1, 2), 2, False), (HSJA_CASE, 0.05, (1, 2), 1, True),
+    (HSJA_CASE, 0.12, (1, 2), 2, True), (HSJA_CASE, 0.25, (1, 2, 4), 4, True), (HSJA_CASE, 0.25, (1, 2), 2, False)])
+def test_auto_tile_is_the_finest_whose_floor_fits_in_its_share_of_the_budget(case, radius, tiles, tile, fits, mnist_model,
                                                                      mnist_test):
     """Else the one with the lowest floor (where none fits).
 
     NES: half the L-infinity ball is 0.15; at radius 0.7 the sigma floor with 2x2 tiles is 0.27.
     Boundary: half the L2 budget is eps * sqrt(d) / 2 = 1.4; the spherical floors against this defense
     were about 20, 10 and 4 times its radius with tiles of 1, 2 and 4 (radius 0.05: 0.98 with pixel
-    noise; 0.12: 2.29 and 1.14; 0.25: 2.29 with 2x2 tiles, 1.06 with 4x4). The attack's moves use the
-    chosen tile, and the standard form, which has no stage 1, the finest.
+    noise; 0.12: 2.29 and 1.14; 0.25: 2.29 with 2x2 tiles, 1.06 with 4x4). HSJA's radius floor is an L2
+    length as well, probed with the same unit directions; its share is a fifth, so its limit is 1.4 at eps 0.25. The
+    attack's moves use the chosen tile, and
+    the standard form, which has no stage 1, the finest.
     """
     name, eps, knob, limit, budget = case
     _, x, label, target, start = setting(name, mnist_model, mnist_test, 0)
     x = 0.25 + 0.5 * x  # away from 0 and 1, so clamping does not shorten the probes
-    goal = {"target": target} if name == "nes" else {"start": start}
+    goal = {"target": target, "start": start} if name == "hsja" else {"target": target} if name == "nes" \
+        else {"start": start}
     defense = BlockRadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=radius)
     fixed = create_attack(name, eps=eps, tile=1, seed=1).attack(defense, x, label, mode="oars", budget=budget, **goal)
     auto = create_attack(name, eps=eps, tile="auto", auto_tiles=tiles, seed=1)
@@ -87,7 +93,20 @@ def test_auto_tile_is_the_finest_whose_floor_fits_in_half_the_budget(case, radiu
     assert auto.tile == 1 and standard.knobs == {}, "the standard form has no stage 1 and keeps the finest tile"
 
 
-@pytest.mark.parametrize("name", ["nes", "boundary"])
+def test_hsja_moves_on_the_chosen_tile_and_qeba_keeps_its_subspace():
+    """HSJA's gradient-estimation directions and its redraws follow the tile; QEBA's subspace already makes its
+    directions coarse, so it refuses a tile rather than ignore one."""
+    hsja = create_attack("hsja", tile=4)
+    hsja.rng = torch.Generator().manual_seed(0)
+    for moves in (hsja.directions(2, (1, 28, 28), torch.Generator().manual_seed(0)), hsja.noise(2, (1, 28, 28))):
+        assert torch.equal(moves[:, :, 4:8, 4:8], moves[:, :, 4:5, 4:5].expand(-1, -1, 4, 4))
+    assert create_attack("qeba").tile == 1
+    for setting_ in ({"tile": 2}, {"tile": "auto"}, {"auto_tiles": (1, 2)}, {"coarsen_above": 0.3}):
+        with pytest.raises(ValueError, match="QEBA .* has no tiles"):
+            create_attack("qeba", **setting_)
+
+
+@pytest.mark.parametrize("name", ["nes", "hsja", "boundary"])
 def test_tile_settings_are_checked(name):
     for bad in (0, 2.5, "coarse"):
         with pytest.raises(ValueError, match="tile must be"):

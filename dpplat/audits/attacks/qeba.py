@@ -3,7 +3,8 @@
 Directions are random coefficients on the lowest ``1/ratio`` of frequencies in each
 axis, mapped to pixels by the orthonormal inverse 2-D DCT; in that smaller subspace
 the boundary's normal is estimated from fewer queries. Everything else, OARS form
-included, is HopSkipJump's.
+included, is HopSkipJump's, except the tile: the subspace already makes the directions coarse,
+so QEBA takes no ``tile`` and stage 1 measures its one set of directions.
 
 ``ratio=2`` (half the frequencies in each axis: 16x16 of 32x32 on CIFAR-10) rather than 4: on
 CIFAR-10 at an L2 budget of 0.05 * sqrt(d), undefended, ratio 4 lost 2 of 8 images (they ended at
@@ -41,7 +42,11 @@ def low_frequency(n: int, shape, ratio: int, generator: torch.Generator) -> torc
 @register_attack("qeba")
 class QEBA(HopSkipJump):
     def __init__(self, *, ratio: int = 2, **params) -> None:
-        super().__init__(**params)
+        given = sorted({"tile", "auto_tiles", "coarsen_above"} & params.keys())
+        if given:
+            raise ValueError(f"QEBA draws its directions in a low-frequency DCT subspace and has no tiles: drop "
+                             f"{', '.join(given)} (set the subspace with ratio=) or use hsja for tiled directions.")
+        super().__init__(tile=1, **params)
         if ratio < 1:
             raise ValueError(f"ratio must be at least 1, got {ratio}.")
         self.ratio = ratio
