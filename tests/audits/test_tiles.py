@@ -1,5 +1,5 @@
 """Tiled directions (NES, HSJA, Boundary): the tiles themselves, the lower floor they find behind PIHA, and stage 1's
-choice of tile."""
+choice of tile; SurFree's choice of subspace, made the same way."""
 
 import pytest
 import torch
@@ -91,6 +91,43 @@ def test_auto_tile_is_the_finest_whose_floor_fits_in_its_share_of_the_budget(cas
         assert torch.equal(noise[:, :, :tile, :tile], noise[:, :, :1, :1].expand(-1, -1, tile, tile))
     standard = auto.attack(defense, x, label, budget=200, **goal)
     assert auto.tile == 1 and standard.knobs == {}, "the standard form has no stage 1 and keeps the finest tile"
+
+
+@pytest.mark.parametrize("radius,ratios,ratio,fits", [(0.05, (2, 4), 2, True), (0.15, (2, 4), 4, True),
+                                                     (0.3, (2, 4), 4, False), (0.15, (2,), 2, False)])
+def test_surfree_auto_subspace_is_the_finest_whose_angle_move_fits(radius, ratios, ratio, fits, mnist_model,
+                                                                  mnist_test):
+    """An angle floor fits when its move, the reference radius times its sine, is within 0.35 of the L2 budget
+    (0.98 at eps 0.1). Against this defense the moves were: radius 0.05, 0.49 with ratio 2; radius 0.15, 1.49 with
+    ratio 2 and 0.79 with ratio 4; radius 0.3, 2.95 and 1.59. The directions then lie in the chosen subspace."""
+    import math
+
+    from dpplat.audits.attacks.qeba import dct_matrix
+
+    _, x, label, _, start = setting("surfree", mnist_model, mnist_test, 0)
+    x = 0.25 + 0.5 * x
+    defense = BlockRadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=radius)
+    auto = create_attack("surfree", eps=0.1, auto_ratios=ratios, seed=1)
+    result = auto.attack(defense, x, label, start=start, mode="oars", budget=1_500)
+    assert result.knobs["choices"] == {"ratio": ratio}
+    move = float((start - x).norm()) * math.sin(result.knobs["stage1"]["min_angle"])
+    assert (move <= 0.35 * 0.1 * 28) == fits
+    direction = auto._direction(torch.zeros(1, 28, 28), [])  # unit, and orthogonal to nothing
+    spectrum = dct_matrix(28) @ direction[0] @ dct_matrix(28).T
+    kept = 28 // ratio
+    assert float(spectrum[:kept, :kept].norm()) == pytest.approx(1.0, abs=1e-4), "only the kept frequencies"
+    standard = auto.attack(defense, x, label, start=start, budget=200)
+    assert auto.ratio == ratios[0] and standard.knobs == {}, "the standard form keeps the finest subspace"
+
+
+def test_surfree_subspace_settings_are_checked():
+    for bad in (0, 2.5, "coarse"):
+        with pytest.raises(ValueError, match="ratio must be"):
+            create_attack("surfree", ratio=bad)
+    with pytest.raises(ValueError, match="auto_ratios"):
+        create_attack("surfree", auto_ratios=())
+    with pytest.raises(ValueError, match="coarsen_above"):
+        create_attack("surfree", coarsen_above=-1)
 
 
 def test_hsja_moves_on_the_chosen_tile_and_qeba_keeps_its_subspace():

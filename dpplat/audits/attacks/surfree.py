@@ -12,6 +12,15 @@ success and shrinks after a miss.
 OARS form: stage 1 sets a floor on the smallest angle tried (``min_angle``); a
 rejected candidate means a new direction is drawn; a binary search that hits a
 rejection ends at the last adversarial angle.
+
+With ``ratio="auto"`` (the default) stage 1 also chooses the subspace, as HSJA and Boundary choose a
+tile (:func:`~dpplat.audits.attacks.tiles.finest_that_fits`): the lowest half of the frequencies in each
+axis (ratio 2), else the lowest quarter (ratio 4) where the angle floor's move, the reference radius
+times its sine, is over ``coarsen_above`` (0.35) of the L2 budget. Ratio 4 alone lost an undefended
+CIFAR-10 image (3, at 0.0555) that ratio 2 wins; behind PIHA it won image 4 in 872 queries, which ratio 2
+lost at 0.054 (angle floor 0.073, a move of 1.11 against a budget of 2.77). The threshold sits between
+that image's 0.40 of the budget and the 0.22 of the next-highest PIHA image that ratio 2 wins (0),
+chosen on these images (``benchmarks/results/oars-cifar10-cpu-surfree-ratio.md``).
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ import torch
 
 from dpplat.audits.attacks.base import Attack, Knob, register_attack
 from dpplat.audits.attacks.qeba import low_frequency
+from dpplat.audits.attacks.stage1 import calibrate_knobs
+from dpplat.audits.attacks.tiles import finest_that_fits
 
 
 def _probe_angle(attack, x, around, value, n, generator):
@@ -37,11 +48,37 @@ class SurFree(Attack):
     knobs = (Knob("min_angle", 1e-4, math.pi / 4, _probe_angle),)
 
     def __init__(self, *, eps: float = 0.05, theta_max: float = math.radians(30), evals: int = 4,
-                 refine_steps: int = 10, ratio: int = 2, memory: int = 10, min_angle: float = 1e-3,
+                 refine_steps: int = 10, ratio: int | str = "auto", auto_ratios: tuple[int, ...] = (2, 4),
+                 coarsen_above: float = 0.35, memory: int = 10, min_angle: float = 1e-3,
                  max_iterations: int = 1_000_000, **common) -> None:
         super().__init__(eps=eps, **common)
-        self.theta_max, self.evals, self.refine_steps, self.ratio = theta_max, evals, refine_steps, ratio
+        if ratio != "auto" and (isinstance(ratio, str) or int(ratio) != ratio or ratio < 1):
+            raise ValueError(f"ratio must be a whole number, at least 1 (keep 1/ratio of the frequencies in each axis), "
+                             f"or 'auto', got {ratio!r}.")
+        if not auto_ratios or any(int(r) != r or r < 1 for r in auto_ratios):
+            raise ValueError(f"auto_ratios must be whole numbers, at least 1, finest first; got {auto_ratios!r}.")
+        if not coarsen_above > 0:
+            raise ValueError(f"coarsen_above must be > 0 (a fraction of the budget), got {coarsen_above}.")
+        self.ratio_setting, self.auto_ratios = ratio, tuple(int(r) for r in auto_ratios)
+        self.coarsen_above = coarsen_above
+        self.theta_max, self.evals, self.refine_steps = theta_max, evals, refine_steps
         self.memory, self.min_angle, self.max_iterations = memory, min_angle, max_iterations
+
+    @property
+    def ratio(self) -> int:
+        """The subspace in use: stage 1's choice for this image, else the fixed ratio (or the finest, for "auto")."""
+        if self.ratio_setting != "auto":
+            return int(self.ratio_setting)
+        return int(self.choices.get("ratio", self.auto_ratios[0]))
+
+    def calibrate(self, oracle, x: torch.Tensor) -> dict[str, float]:
+        """Stage 1, and with ``ratio="auto"`` the subspace (see the module): an angle floor counts as fitting when
+        its probe's move, the reference radius times its sine, is within ``coarsen_above`` of the L2 budget."""
+        if self.ratio_setting != "auto":
+            return calibrate_knobs(self, oracle, x)
+        move = self.coarsen_above * self.eps * math.sqrt(x.numel())
+        limit = math.asin(min(1.0, move / self.reference_radius))
+        return finest_that_fits(self, oracle, x, "ratio", self.auto_ratios, "min_angle", limit)
 
     def _direction(self, u: torch.Tensor, previous: list[torch.Tensor]) -> torch.Tensor:
         t = low_frequency(1, u.shape, self.ratio, self.rng)[0]

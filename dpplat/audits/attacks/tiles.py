@@ -1,11 +1,12 @@
-"""Directions constant on tiles, and OARS stage 1's choice of tile, for the attacks that draw Gaussian directions.
+"""Directions constant on tiles, and OARS stage 1's choice of how coarse an attack's directions are.
 
 A defense that hashes block statistics (PIHA: blur, then 7x7 block sums) averages independent
 pixel noise away, so only noise nearly as large as the budget changes its hash; noise that is
 coherent over a tile moves the block sums by the tile's area instead of its square root, and
 gets through at a smaller radius. Coarser tiles restrict the directions, though, so they cost
 wherever pixel noise gets through. Hence the choice is made per image, in stage 1: the finest
-tile whose floor fits.
+tile whose floor fits. :func:`finest_that_fits` makes that choice; the attacks that draw Gaussian
+directions choose a tile through :class:`TiledDirections`, SurFree its DCT subspace.
 """
 
 from __future__ import annotations
@@ -28,6 +29,24 @@ def tiled_normal(n: int, shape: tuple[int, ...], tile: int, generator: torch.Gen
     channels, height, width = shape
     small = torch.randn((n, channels, -(-height // tile), -(-width // tile)), generator=generator)
     return small.repeat_interleave(tile, 2).repeat_interleave(tile, 3)[..., :height, :width]
+
+
+def finest_that_fits(attack, oracle, x: torch.Tensor, choice: str, options: tuple, knob: str,
+                     limit: float) -> dict[str, float]:
+    """OARS stage 1 with a coarseness to choose: measure the floors with each of ``options`` in turn (finest first,
+    set as ``attack.choices[choice]``, which the attack's probes and moves read) and keep the first whose floor of
+    ``knob`` is at most ``limit``, else the one with the lowest floor. Returns that option's floors."""
+    best: tuple[object, dict[str, float]] | None = None
+    for option in options:
+        attack.choices[choice] = option
+        floors = calibrate_knobs(attack, oracle, x)
+        if floors[knob] <= limit:
+            best = (option, floors)
+            break
+        if best is None or floors[knob] < best[1][knob]:
+            best = (option, floors)
+    attack.choices[choice], floors = best
+    return floors
 
 
 class TiledDirections:
@@ -77,14 +96,4 @@ class TiledDirections:
         """
         if self.tile_setting != "auto":
             return calibrate_knobs(self, oracle, x)
-        best: tuple[int, dict[str, float]] | None = None
-        for tile in self.auto_tiles:
-            self.choices["tile"] = tile
-            floors = calibrate_knobs(self, oracle, x)
-            if floors[self.tile_knob] <= self.tile_limit(x):  # the finest tile that fits
-                best = (tile, floors)
-                break
-            if best is None or floors[self.tile_knob] < best[1][self.tile_knob]:
-                best = (tile, floors)
-        self.choices["tile"], floors = best
-        return floors
+        return finest_that_fits(self, oracle, x, "tile", self.auto_tiles, self.tile_knob, self.tile_limit(x))
