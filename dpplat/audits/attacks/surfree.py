@@ -32,7 +32,7 @@ import torch
 from dpplat.audits.attacks.base import Attack, Knob, register_attack
 from dpplat.audits.attacks.qeba import low_frequency
 from dpplat.audits.attacks.stage1 import calibrate_knobs
-from dpplat.audits.attacks.tiles import finest_that_fits
+from dpplat.audits.attacks.tiles import checked_coarseness, finest_that_fits
 
 
 def _probe_angle(attack, x, around, value, n, generator):
@@ -52,14 +52,8 @@ class SurFree(Attack):
                  coarsen_above: float = 0.35, memory: int = 10, min_angle: float = 1e-3,
                  max_iterations: int = 1_000_000, **common) -> None:
         super().__init__(eps=eps, **common)
-        if ratio != "auto" and (isinstance(ratio, str) or int(ratio) != ratio or ratio < 1):
-            raise ValueError(f"ratio must be a whole number, at least 1 (keep 1/ratio of the frequencies in each axis), "
-                             f"or 'auto', got {ratio!r}.")
-        if not auto_ratios or any(int(r) != r or r < 1 for r in auto_ratios):
-            raise ValueError(f"auto_ratios must be whole numbers, at least 1, finest first; got {auto_ratios!r}.")
-        if not coarsen_above > 0:
-            raise ValueError(f"coarsen_above must be > 0 (a fraction of the budget), got {coarsen_above}.")
-        self.ratio_setting, self.auto_ratios = ratio, tuple(int(r) for r in auto_ratios)
+        self.ratio_setting, self.auto_ratios = checked_coarseness(
+            "ratio", " (1/ratio of the frequencies kept in each axis)", ratio, auto_ratios, coarsen_above)
         self.coarsen_above = coarsen_above
         self.theta_max, self.evals, self.refine_steps = theta_max, evals, refine_steps
         self.memory, self.min_angle, self.max_iterations = memory, min_angle, max_iterations

@@ -31,6 +31,19 @@ def tiled_normal(n: int, shape: tuple[int, ...], tile: int, generator: torch.Gen
     return small.repeat_interleave(tile, 2).repeat_interleave(tile, 3)[..., :height, :width]
 
 
+def checked_coarseness(name: str, unit: str, setting: int | str, options: tuple[int, ...],
+                       coarsen_above: float) -> tuple[int | str, tuple[int, ...]]:
+    """A coarseness setting (a whole number or "auto"), the options "auto" chooses from, and the share of the budget
+    above which it coarsens, checked; returns the setting and the options as whole numbers."""
+    if setting != "auto" and (isinstance(setting, str) or int(setting) != setting or setting < 1):
+        raise ValueError(f"{name} must be a whole number{unit}, at least 1, or 'auto', got {setting!r}.")
+    if not options or any(int(t) != t or t < 1 for t in options):
+        raise ValueError(f"auto_{name}s must be whole numbers{unit}, at least 1, finest first; got {options!r}.")
+    if not coarsen_above > 0:
+        raise ValueError(f"coarsen_above must be > 0 (a fraction of the budget), got {coarsen_above}.")
+    return setting, tuple(int(t) for t in options)
+
+
 def finest_that_fits(attack, oracle, x: torch.Tensor, choice: str, options: tuple, knob: str,
                      limit: float) -> dict[str, float]:
     """OARS stage 1 with a coarseness to choose: measure the floors with each of ``options`` in turn (finest first,
@@ -62,13 +75,8 @@ class TiledDirections:
     tile_knob: str = ""
 
     def _set_tiles(self, tile: int | str, auto_tiles: tuple[int, ...], coarsen_above: float) -> None:
-        if tile != "auto" and (isinstance(tile, str) or int(tile) != tile or tile < 1):
-            raise ValueError(f"tile must be a whole number of pixels, at least 1, or 'auto', got {tile!r}.")
-        if not auto_tiles or any(int(t) != t or t < 1 for t in auto_tiles):
-            raise ValueError(f"auto_tiles must be whole numbers of pixels, at least 1, finest first; got {auto_tiles!r}.")
-        if not coarsen_above > 0:
-            raise ValueError(f"coarsen_above must be > 0 (a fraction of the budget), got {coarsen_above}.")
-        self.tile_setting, self.auto_tiles, self.coarsen_above = tile, tuple(int(t) for t in auto_tiles), coarsen_above
+        self.tile_setting, self.auto_tiles = checked_coarseness("tile", " of pixels", tile, auto_tiles, coarsen_above)
+        self.coarsen_above = coarsen_above
 
     @property
     def tile(self) -> int:
