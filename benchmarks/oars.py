@@ -115,6 +115,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--attacks", default="nes,square,hsja,qeba,surfree,boundary")
     parser.add_argument("--modes", default="standard,oars")
     parser.add_argument("--images", type=int, default=10)
+    parser.add_argument("--skip-images", type=int, default=0,
+                        help="leave out the first N images of the draw: --images 8 --skip-images 8 attacks the last 8 "
+                             "of a 16-image audit, a sample disjoint from --images 8")
     parser.add_argument("--budget", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work-oars"))
@@ -132,7 +135,7 @@ def main(argv=None) -> dict:
                              "e.g. nes.tile=4")
     args = parser.parse_args(argv)
     config = DefenseAuditConfig(dataset=args.dataset, defenses=args.defenses.split(","),
-                                attacks=args.attacks.split(","), modes=args.modes.split(","), images=args.images, budget=args.budget,
+                                attacks=args.attacks.split(","), modes=args.modes.split(","), images=args.images, skip_images=args.skip_images, budget=args.budget,
                                 workers=args.workers, attack_params=attack_params(args.attack_param))
     workdir = Path(args.workdir) / args.dataset
     started = time.time()

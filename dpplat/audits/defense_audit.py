@@ -43,6 +43,7 @@ class DefenseAuditConfig:
     attacks: list[str] = field(default_factory=lambda: ["nes"])
     modes: list[str] = field(default_factory=lambda: ["standard", "oars"])
     images: int = 100
+    skip_images: int = 0  # attack images skip_images.. of the draw: a further sample, disjoint from a first one
     budget: int = 100_000
     eps_linf: float | None = None
     eps_l2: float | None = None
@@ -72,6 +73,9 @@ class DefenseAuditConfig:
                 raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)} (or 'both').")
         if self.images < 1:
             raise ValueError(f"images must be at least 1, got {self.images}.")
+        if self.skip_images < 0:
+            raise ValueError(f"skip_images must be 0 or more (how many of the drawn images to leave out), "
+                             f"got {self.skip_images}.")
         if self.budget <= 0:
             raise ValueError(f"the query budget must be positive, got {self.budget}.")
         if self.backend not in BACKENDS:
@@ -136,12 +140,13 @@ def choose_images(model: PixelClassifier, config: DefenseAuditConfig) -> list[di
     x, y = image_pool(config)
     predicted = torch.cat([model(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
     correct = torch.nonzero(predicted == y).flatten()
-    if len(correct) < config.images + 10:
+    drawn = config.skip_images + config.images
+    if len(correct) < drawn + 10:
         raise ValueError(f"only {len(correct)} of {len(x)} test images are classified correctly; the model is too "
                          "weak to attack meaningfully (train it longer) or ask for fewer --images.")
     rng = np.random.default_rng(config.seed)
-    chosen = correct[:config.images].tolist()
-    spare = correct[config.images:].tolist()
+    chosen = correct[:drawn].tolist()
+    spare = correct[drawn:].tolist()
     classes = len(datasets.DATASETS[config.dataset].classes)
     records = []
     for i in chosen:
@@ -152,12 +157,12 @@ def choose_images(model: PixelClassifier, config: DefenseAuditConfig) -> list[di
         records.append({"index": i, "label": label, "target": target,
                         "start_targeted": int(rng.choice(targeted_pool)) if targeted_pool else None,
                         "start_untargeted": int(rng.choice(untargeted_pool))})
-    return records
+    return records[config.skip_images:]  # drawn with the skipped ones, so they are the rest of a larger audit
 
 
 def image_pool(config: DefenseAuditConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The test images an audit draws from (a fixed, seeded subset)."""
-    pool = max(2000, 4 * config.images)
+    pool = max(2000, 4 * (config.skip_images + config.images))
     return pixel_images(config.dataset, "test", subset=min(pool, 10_000), seed=config.seed + 7,
                         data_dir=config.data_dir)
 

@@ -51,6 +51,20 @@ def test_shipped_plans_cover_every_defense_and_attack_in_both_modes():
         assert config.modes == ["standard", "oars"] and config.budget == 100_000
 
 
+def test_skipped_images_are_the_rest_of_a_larger_draw(mnist_model):
+    """``skip_images`` gives a sample disjoint from a first one, and the same images, targets and start images as
+    the larger audit that contains both."""
+    from dpplat.audits.defense_audit import choose_images
+
+    larger = choose_images(mnist_model, DefenseAuditConfig(dataset="mnist", images=6))
+    first = choose_images(mnist_model, DefenseAuditConfig(dataset="mnist", images=3))
+    rest = choose_images(mnist_model, DefenseAuditConfig(dataset="mnist", images=3, skip_images=3))
+    assert rest == larger[3:]
+    assert not {r["index"] for r in rest} & {r["index"] for r in first}
+    with pytest.raises(ValueError, match="skip_images must be 0 or more"):
+        DefenseAuditConfig(skip_images=-1).validate()
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--defense", "blackligth"], "unknown defense 'blackligth'"),
     (["--attack", "nse"], "unknown attack 'nse'"),

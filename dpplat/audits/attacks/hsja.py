@@ -16,16 +16,14 @@ farther from the input than it started is rolled back.
 
 With ``tile="auto"`` (the default) stage 1 also picks the directions' tile
 (:mod:`~dpplat.audits.attacks.tiles`) from 1, 2 and 4 pixels, coarsening while the radius floor is above
-a fifth of the L2 budget (``coarsen_above=0.2``). Behind PIHA on CIFAR-10 the floor with pixel directions
-was 2.0-3.1 on three of eight images, against an L2 budget of 2.8 (QEBA's low-frequency directions had
-0.8-0.95). The radius is HSJA's resolution on the boundary: the theory's radius is about dist / d, far
-below any floor, so a lower floor is worth a coarser direction sooner than it is for NES or Boundary,
-whose moves themselves are the attack. Measured on the grid's 8 images behind PIHA
-(``benchmarks/results/oars-cifar10-cpu-hsja-tiles.md``): pixel directions won 6; tiles with the limit at
-half the budget won 6 (image 3 in 4,675 queries instead of 16,133); at a fifth, 7 (image 7, whose pixel
-floor of 0.68 was a quarter of the budget, lost at 0.0501 with pixel directions and won with 2x2 tiles).
-Behind Blacklight it stayed 8 of 8, three images on coarser tiles; undefended the floor is the knob's
-lowest value and pixel directions are kept, draw for draw.
+half the L2 budget, as NES and Boundary do. Behind PIHA on CIFAR-10 the floor with pixel directions was
+2.0-3.1 on three of the grid's eight images, against an L2 budget of 2.8 (QEBA's low-frequency directions
+had 0.8-0.95). Measured (``benchmarks/results/oars-cifar10-cpu-hsja-tiles.md``): on the grid's images
+tiles won image 3 in 4,675 queries instead of 16,133 and brought image 4 from 0.069 to 0.052 (both 6/8).
+Coarsening sooner, above a fifth of the budget, won the grid's image 7 as well (7/8), but on eight further
+images it took tiles on seven and lost one that pixel directions won (7/8 against 8/8), so the limit stays
+at half. Undefended the floor is the knob's lowest value, and behind Blacklight it is under half the
+budget: pixel directions are kept there, draw for draw.
 """
 
 from __future__ import annotations
@@ -53,7 +51,7 @@ class HopSkipJump(TiledDirections, Attack):
 
     def __init__(self, *, eps: float = 0.05, init_evals: int = 100, max_evals: int = 1000, gamma: float = 1.0,
                  max_iterations: int = 1000, step_halvings: int = 20, min_delta: float = 0.0,
-                 tile: int | str = "auto", auto_tiles: tuple[int, ...] = (1, 2, 4), coarsen_above: float = 0.2,
+                 tile: int | str = "auto", auto_tiles: tuple[int, ...] = (1, 2, 4), coarsen_above: float = 0.5,
                  **common) -> None:
         super().__init__(eps=eps, **common)
         self._set_tiles(tile, auto_tiles, coarsen_above)

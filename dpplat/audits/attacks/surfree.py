@@ -20,7 +20,9 @@ times its sine, is over ``coarsen_above`` (0.35) of the L2 budget. Ratio 4 alone
 CIFAR-10 image (3, at 0.0555) that ratio 2 wins; behind PIHA it won image 4 in 872 queries, which ratio 2
 lost at 0.054 (angle floor 0.073, a move of 1.11 against a budget of 2.77). The threshold sits between
 that image's 0.40 of the budget and the 0.22 of the next-highest PIHA image that ratio 2 wins (0),
-chosen on these images (``benchmarks/results/oars-cifar10-cpu-surfree-ratio.md``).
+chosen on these images (``benchmarks/results/oars-cifar10-cpu-surfree-ratio.md``). On eight further
+images no move was over it, behind either defense (ratio 2 throughout, 8/8 behind each), so that sample
+neither confirms nor refutes the threshold.
 """
 
 from __future__ import annotations
