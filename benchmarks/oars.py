@@ -135,8 +135,9 @@ def main(argv=None) -> dict:
                              "e.g. nes.tile=4")
     args = parser.parse_args(argv)
     config = DefenseAuditConfig(dataset=args.dataset, defenses=args.defenses.split(","),
-                                attacks=args.attacks.split(","), modes=args.modes.split(","), images=args.images, skip_images=args.skip_images, budget=args.budget,
-                                workers=args.workers, attack_params=attack_params(args.attack_param))
+                                attacks=args.attacks.split(","), modes=args.modes.split(","), images=args.images,
+                                skip_images=args.skip_images, budget=args.budget, workers=args.workers,
+                                attack_params=attack_params(args.attack_param))
     workdir = Path(args.workdir) / args.dataset
     started = time.time()
     if args.throughput_only:
@@ -150,7 +151,10 @@ def main(argv=None) -> dict:
         results = collect(config, workdir, plan_jobs(config, workdir, args.workers_of_run or args.workers or 1))
         results["defenses"], rates = {}, []
     else:
-        results = run_defense_audit(config, workdir, progress=lambda m: print(m, flush=True))
+        try:
+            results = run_defense_audit(config, workdir, progress=lambda m: print(m, flush=True))
+        except ValueError as err:  # bad settings, or a work folder of other images: say so, not a traceback
+            raise SystemExit(f"oars.py: {err}") from None
         rates = throughput(config, workdir)
     wall = time.time() - started
     table = markdown(results, rates, config, wall, args.summarise)

@@ -1,5 +1,6 @@
 """The defense audit end to end: CLI, plans, the store, resumption, and the dashboard page that reads it."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,22 @@ def test_skipped_images_are_the_rest_of_a_larger_draw(mnist_model):
     assert not {r["index"] for r in rest} & {r["index"] for r in first}
     with pytest.raises(ValueError, match="skip_images must be 0 or more"):
         DefenseAuditConfig(skip_images=-1).validate()
+
+
+
+def test_a_work_folder_of_other_images_is_refused_and_kept(mnist_model, tmp_path):
+    """Its finished job files belong to its images: resuming there with another selection would mix two samples."""
+    from dpplat.audits.defense_audit import run_defense_audit
+
+    first = DefenseAuditConfig(dataset="mnist", defenses=["none"], attacks=["square"], modes=["standard"], images=2,
+                               budget=50, workers=1)
+    run_defense_audit(first, tmp_path, model=mnist_model.model)
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    further = dataclasses.replace(first, skip_images=2)
+    with pytest.raises(ValueError, match="holds an audit of other images"):
+        run_defense_audit(further, tmp_path, model=mnist_model.model)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == kept, "nothing already there is lost"
+    assert run_defense_audit(first, tmp_path)["summaries"][0]["images"] == 2, "the same selection resumes"
 
 
 @pytest.mark.parametrize("flags,message", [
