@@ -224,11 +224,12 @@ def run_defense_audit(config: DefenseAuditConfig, workdir: str | Path, *, model:
     say(f"target model: {'given' if model is not None else f'training {config.model} on {config.dataset}'}")
     target = load_target(prepare_target(config, workdir, model))
     chosen, chosen_path = choose_images(target, config), workdir / "images.json"
-    if chosen_path.exists() and json.loads(chosen_path.read_text()) != chosen:
+    if not chosen_path.exists():
+        chosen_path.write_text(json.dumps(chosen))
+    elif json.loads(chosen_path.read_text()) != chosen:
         # the finished job files there belong to those images: resuming would mix two samples
         raise ValueError(f"{workdir} holds an audit of other images (its images.json is not --images {config.images} "
                          f"--skip-images {config.skip_images} of this model); use another work folder.")
-    chosen_path.write_text(json.dumps(chosen))
     calibrations = {}
     benign, _ = pixel_images(config.dataset, "test", subset=config.calibration_images, seed=config.seed + 11,
                              data_dir=config.data_dir)

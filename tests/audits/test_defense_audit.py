@@ -66,7 +66,6 @@ def test_skipped_images_are_the_rest_of_a_larger_draw(mnist_model):
         DefenseAuditConfig(skip_images=-1).validate()
 
 
-
 def test_a_work_folder_of_other_images_is_refused_and_kept(mnist_model, tmp_path):
     """Its finished job files belong to its images: resuming there with another selection would mix two samples."""
     from dpplat.audits.defense_audit import run_defense_audit

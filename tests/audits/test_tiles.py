@@ -57,8 +57,9 @@ HSJA_CASE = ("hsja", 0.1, "min_delta", 0.5 * 0.1 * 28, 400)
 @pytest.mark.parametrize("case,radius,tiles,tile,fits", [
     (NES_CASE, 0.1, (1, 2), 1, True), (NES_CASE, 0.35, (1, 2), 2, True), (NES_CASE, 0.7, (1, 2, 4), 4, True),
     (NES_CASE, 0.7, (1, 2), 2, False), (BOUNDARY_CASE, 0.05, (1, 2), 1, True), (BOUNDARY_CASE, 0.12, (1, 2), 2, True),
-    (BOUNDARY_CASE, 0.25, (1, 2, 4), 4, True), (BOUNDARY_CASE, 0.25, (1, 2), 2, False), (HSJA_CASE, 0.05, (1, 2), 1, True),
-    (HSJA_CASE, 0.12, (1, 2), 2, True), (HSJA_CASE, 0.25, (1, 2, 4), 4, True), (HSJA_CASE, 0.25, (1, 2), 2, False)])
+    (BOUNDARY_CASE, 0.25, (1, 2, 4), 4, True), (BOUNDARY_CASE, 0.25, (1, 2), 2, False),
+    (HSJA_CASE, 0.05, (1, 2), 1, True), (HSJA_CASE, 0.12, (1, 2), 2, True), (HSJA_CASE, 0.25, (1, 2, 4), 4, True),
+    (HSJA_CASE, 0.25, (1, 2), 2, False)])
 def test_auto_tile_is_the_finest_whose_floor_fits_in_half_the_budget(case, radius, tiles, tile, fits, mnist_model,
                                                                      mnist_test):
     """Else the one with the lowest floor (where none fits).

@@ -128,8 +128,9 @@ class Square(Attack):
 
         The dither comes second: it pulls every pixel in from the ball's edge, and, each proposal being judged
         by the margin of its own dithered query, it likely makes the search noisy (the kept margin is the
-        luckiest draw, which later proposals must beat). Behind Blacklight on CIFAR-10, with the dither first and then one square of side 1 a proposal, Square
-        lost images it won in about 400 queries with two squares of side 2; without the dither, sixteen
+        luckiest draw, which later proposals must beat). Behind Blacklight on CIFAR-10, with the dither first
+        and then one square of side 1 a proposal, Square lost images it won in about 400 queries with two
+        squares of side 2; without the dither, sixteen
         squares of side 4 got through and it won its hardest image (4) in 44,890 queries, which every dithered
         run had lost. When nothing gets through even with the dither, side and count take their caps.
         ``dither=False`` leaves the dither out (the squares alone, as in Feng et al.'s OARS).

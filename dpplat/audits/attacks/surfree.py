@@ -34,7 +34,7 @@ import torch
 from dpplat.audits.attacks.base import Attack, Knob, register_attack
 from dpplat.audits.attacks.qeba import low_frequency
 from dpplat.audits.attacks.stage1 import calibrate_knobs
-from dpplat.audits.attacks.tiles import checked_coarseness, finest_that_fits
+from dpplat.audits.attacks.tiles import checked_coarseness, coarseness_in_use, finest_that_fits
 
 
 def _probe_angle(attack, x, around, value, n, generator):
@@ -62,10 +62,8 @@ class SurFree(Attack):
 
     @property
     def ratio(self) -> int:
-        """The subspace in use: stage 1's choice for this image, else the fixed ratio (or the finest, for "auto")."""
-        if self.ratio_setting != "auto":
-            return int(self.ratio_setting)
-        return int(self.choices.get("ratio", self.auto_ratios[0]))
+        """The subspace in use (:func:`~dpplat.audits.attacks.tiles.coarseness_in_use`)."""
+        return coarseness_in_use(self, "ratio", self.ratio_setting, self.auto_ratios)
 
     def calibrate(self, oracle, x: torch.Tensor) -> dict[str, float]:
         """Stage 1, and with ``ratio="auto"`` the subspace (see the module): an angle floor counts as fitting when

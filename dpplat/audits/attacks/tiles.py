@@ -44,6 +44,14 @@ def checked_coarseness(name: str, unit: str, setting: int | str, options: tuple[
     return setting, tuple(int(t) for t in options)
 
 
+def coarseness_in_use(attack, choice: str, setting: int | str, options: tuple[int, ...]) -> int:
+    """The coarseness an attack uses now: a fixed setting, else stage 1's choice for this image (recorded in
+    ``attack.choices[choice]``), else the finest option (the standard form has no stage 1)."""
+    if setting != "auto":
+        return int(setting)
+    return int(attack.choices.get(choice, options[0]))
+
+
 def finest_that_fits(attack, oracle, x: torch.Tensor, choice: str, options: tuple, knob: str,
                      limit: float) -> dict[str, float]:
     """OARS stage 1 with a coarseness to choose: measure the floors with each of ``options`` in turn (finest first,
@@ -80,10 +88,8 @@ class TiledDirections:
 
     @property
     def tile(self) -> int:
-        """The tile in use: stage 1's choice for this image, else the fixed tile (or the finest, for "auto")."""
-        if self.tile_setting != "auto":
-            return int(self.tile_setting)
-        return int(self.choices.get("tile", self.auto_tiles[0]))
+        """The tile in use (:func:`coarseness_in_use`)."""
+        return coarseness_in_use(self, "tile", self.tile_setting, self.auto_tiles)
 
     def noise(self, n: int, shape: tuple[int, ...]) -> torch.Tensor:
         return tiled_normal(n, shape, self.tile, self.rng)
