@@ -8,6 +8,9 @@ generator). A data-parallel rank ``r`` of a CUDA run uses GPU ``r`` modulo the G
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 
 CHOICES = "'cpu', 'cuda', 'cuda:N' or 'auto'"
@@ -48,3 +51,19 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one CPU thread, then restore the caller's thread count.
+
+    A convolution's sums are split by thread, so the same training on one and on two threads gives
+    different weights; what an audit trains (its target, a detector's encoder) must not depend on the
+    machine it runs on.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -25,6 +25,7 @@ from dpplat.audits.attacks import MODES, attack_class, available_attacks, create
 from dpplat.audits.backends import BACKENDS, make_backend
 from dpplat.audits.defenses import available_defenses, create_defense
 from dpplat.audits.target import PixelClassifier, pixel_images, target_config
+from dpplat.devices import one_thread
 from dpplat.training import TrainConfig, build_model, fit
 
 # Perturbation budgets when the plan gives none: the paper's CIFAR-10 values, and the usual MNIST ones.
@@ -108,7 +109,8 @@ def prepare_target(config: DefenseAuditConfig, workdir: Path, model: torch.nn.Mo
     if model is None:
         train_set = datasets.load_dataset(config.dataset, "train", data_dir=config.data_dir,
                                           subset=config.target_subset, seed=config.seed)
-        model = fit(train_config, train_set, private=False)
+        with one_thread():  # the same target whatever the machine's thread count
+            model = fit(train_config, train_set, private=False)
     torch.save({"config": dataclasses.asdict(train_config), "state": model.state_dict()}, path)
     return path
 

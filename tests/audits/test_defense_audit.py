@@ -4,6 +4,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 
 from dpplat.audits.defense_audit import DefenseAuditConfig
 from dpplat.audits.plans import load_plan
@@ -91,3 +92,23 @@ def test_bad_flags_get_clear_errors(tmp_path, capsys, flags, message):
     assert main(["audit", "oars", "--store", str(tmp_path / "s.db"), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not RunStore(tmp_path / "s.db").audits(), "nothing is stored for a refused audit"
+
+
+def test_the_audit_target_does_not_depend_on_the_thread_count(tmp_path):
+    """Trained on the machine's threads, the CIFAR-10 target of stop 19's results could not be trained again
+    here: two sessions' targets classified different test images correctly, so the audits drew different images."""
+    from dpplat.audits.defense_audit import DefenseAuditConfig, prepare_target
+
+    config = DefenseAuditConfig(dataset="mnist", target_epochs=1, target_subset=512)
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            (tmp_path / f"threads-{threads}").mkdir()
+            path = prepare_target(config, tmp_path / f"threads-{threads}")
+            weights.append(torch.cat([w.flatten() for w in torch.load(path, weights_only=False)["state"].values()]))
+            assert torch.get_num_threads() == threads, "the caller's thread count is restored"
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(weights[0], weights[1])

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dpplat.audits.defenses.base import StatefulDefense, register_defense
+from dpplat.devices import one_thread
 
 
 class SimilarityEncoder(nn.Module):
@@ -56,12 +57,8 @@ def train_encoder(images: torch.Tensor, *, steps: int = 600, batch_size: int = 1
     a convolution's sums are split by thread, and 40 steps on one and on two threads already gave
     different weights, so audits run under different thread counts attacked different detectors.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return _train(images, steps, batch_size, margin, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(images: torch.Tensor, steps: int, batch_size: int, margin: float, seed: int) -> SimilarityEncoder:
