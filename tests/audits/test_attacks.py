@@ -261,11 +261,10 @@ def test_nes_oars_takes_steps_under_its_floor_and_asks_about_them(mnist_model, m
     assert any(1e-4 < s < 0.7 * floor for s in steps), "the step decays under the floor"
     assert all(s < 1e-4 or s > 0.7 * floor for s in steps[:5]), "it starts at the floor"
     short_steps = {"accepted": 0, "rejected": 0}
-    for (k, b), centre, (following, _) in zip(rounds, iterates, rounds[1:]):
+    for (k, _), centre, (following, _), next_centre in zip(rounds, iterates, rounds[1:], iterates[1:]):
         asked = defense.batches[k + 1]  # the step candidate, asked after its iterate's pairs
         if len(asked) != 1 or float((asked[0] - centre).abs().max()) > 0.7 * floor or following != k + 2:
             continue
-        next_centre = iterates[[kk for kk, _ in rounds].index(following)]
         assert torch.allclose(next_centre, asked[0], atol=1e-5), "a short step is taken whatever the answer"
         short_steps["rejected" if bool(defense.rejected[k + 1][0]) else "accepted"] += 1
     assert short_steps["accepted"] > 0 and short_steps["rejected"] > 0, short_steps

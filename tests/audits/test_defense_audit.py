@@ -97,7 +97,7 @@ def test_bad_flags_get_clear_errors(tmp_path, capsys, flags, message):
 def test_the_audit_target_does_not_depend_on_the_thread_count(tmp_path):
     """Trained on the machine's threads, the CIFAR-10 target of stop 19's results could not be trained again
     here: two sessions' targets classified different test images correctly, so the audits drew different images."""
-    from dpplat.audits.defense_audit import DefenseAuditConfig, prepare_target
+    from dpplat.audits.defense_audit import prepare_target
 
     config = DefenseAuditConfig(dataset="mnist", target_epochs=1, target_subset=512)
     before = torch.get_num_threads()
