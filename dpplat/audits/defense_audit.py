@@ -24,9 +24,8 @@ from dpplat import data as datasets
 from dpplat.audits.attacks import MODES, attack_class, available_attacks, create_attack
 from dpplat.audits.backends import BACKENDS, make_backend
 from dpplat.audits.defenses import available_defenses, create_defense
-from dpplat.audits.target import PixelClassifier, pixel_images, target_config
-from dpplat.devices import one_thread
-from dpplat.training import TrainConfig, build_model, fit
+from dpplat.audits.target import PixelClassifier, fit_target, pixel_images, target_config
+from dpplat.training import TrainConfig, build_model
 
 # Perturbation budgets when the plan gives none: the paper's CIFAR-10 values, and the usual MNIST ones.
 DEFAULT_EPS = {"mnist": {"linf": 0.3, "l2": 0.1}, "fashion-mnist": {"linf": 0.2, "l2": 0.1}}
@@ -107,10 +106,7 @@ def prepare_target(config: DefenseAuditConfig, workdir: Path, model: torch.nn.Mo
         return path
     train_config = _target_config(config)
     if model is None:
-        train_set = datasets.load_dataset(config.dataset, "train", data_dir=config.data_dir,
-                                          subset=config.target_subset, seed=config.seed)
-        with one_thread():  # the same target whatever the machine's thread count
-            model = fit(train_config, train_set, private=False)
+        model = fit_target(train_config)
     torch.save({"config": dataclasses.asdict(train_config), "state": model.state_dict()}, path)
     return path
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from dpplat import data as datasets
+from dpplat.devices import one_thread
 from dpplat.store import RunStore
 from dpplat.training import TrainConfig, build_model, fit
 
@@ -62,6 +63,19 @@ def target_config(dataset: str, model: str = "cnn", *, epochs: int = 2, subset: 
                        optimizer="adam", lr=1e-3, batch_size=128, epsilon=None, sigma=0.0)
 
 
+def fit_target(config: TrainConfig) -> nn.Module:
+    """Train a target by its recipe on one CPU thread.
+
+    A convolution's sums are split by thread, so the same recipe trained on one and on two threads
+    classifies different test images correctly, and an audit would draw different images to attack;
+    one thread makes the target, and with it the audit, the same on every machine.
+    """
+    train_set = datasets.load_dataset(config.dataset, "train", data_dir=config.data_dir, subset=config.subset,
+                                      seed=config.seed)
+    with one_thread():
+        return fit(config, train_set, private=False)
+
+
 def train_target(dataset: str, model: str = "cnn", *, epochs: int = 2, subset: int | None = 20000, seed: int = 0,
                  data_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> PixelClassifier:
     """A quickly trained, non-private classifier to put behind a defense (cached by its settings)."""
@@ -71,8 +85,7 @@ def train_target(dataset: str, model: str = "cnn", *, epochs: int = 2, subset: i
     if path is not None and path.exists():
         net.load_state_dict(torch.load(path, map_location="cpu"))
     else:
-        train_set = datasets.load_dataset(dataset, "train", data_dir=data_dir, subset=subset, seed=seed)
-        net = fit(config, train_set, private=False)
+        net = fit_target(config)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(net.state_dict(), path)

@@ -112,3 +112,23 @@ def test_the_audit_target_does_not_depend_on_the_thread_count(tmp_path):
     finally:
         torch.set_num_threads(before)
     assert torch.equal(weights[0], weights[1])
+
+
+def test_the_examples_target_is_the_audits_target(tmp_path):
+    """``train_target`` (the example's and the tests' model) trains by the audit's recipe on one thread too,
+    so on two threads it gives the weights the audit's target has."""
+    from dpplat.audits.defense_audit import prepare_target
+    from dpplat.audits.target import train_target
+
+    config = DefenseAuditConfig(dataset="mnist", target_epochs=1, target_subset=512)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        example = train_target("mnist", epochs=1, subset=512).model.state_dict()
+        assert torch.get_num_threads() == 2, "the caller's thread count is restored"
+        torch.set_num_threads(1)
+        audit = torch.load(prepare_target(config, tmp_path), weights_only=False)["state"]
+    finally:
+        torch.set_num_threads(before)
+    assert example.keys() == audit.keys()
+    assert all(torch.equal(example[k], audit[k]) for k in audit)
