@@ -81,8 +81,8 @@ def train_target(dataset: str, model: str = "cnn", *, epochs: int = 2, subset: i
     """A quickly trained, non-private classifier to put behind a defense (cached by its settings)."""
     config = target_config(dataset, model, epochs=epochs, subset=subset, seed=seed, data_dir=data_dir)
     path = Path(cache_dir) / f"target-{dataset}-{model}-e{epochs}-n{subset}-s{seed}.pt" if cache_dir else None
-    net = build_model(config)
     if path is not None and path.exists():
+        net = build_model(config)
         net.load_state_dict(torch.load(path, map_location="cpu"))
     else:
         net = fit_target(config)

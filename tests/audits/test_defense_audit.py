@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dpplat.audits.defense_audit import DefenseAuditConfig
+from dpplat.audits.defense_audit import DefenseAuditConfig, prepare_target
 from dpplat.audits.plans import load_plan
+from dpplat.audits.target import train_target
 from dpplat.cli import main
 from dpplat.store import RunStore
 
@@ -94,41 +95,36 @@ def test_bad_flags_get_clear_errors(tmp_path, capsys, flags, message):
     assert not RunStore(tmp_path / "s.db").audits(), "nothing is stored for a refused audit"
 
 
-def test_the_audit_target_does_not_depend_on_the_thread_count(tmp_path):
+@pytest.fixture
+def thread_count():
+    """The caller's torch thread count, restored after a test that changes it."""
+    before = torch.get_num_threads()
+    yield before
+    torch.set_num_threads(before)
+
+
+def test_the_audit_target_does_not_depend_on_the_thread_count(tmp_path, thread_count):
     """Trained on the machine's threads, the CIFAR-10 target of stop 19's results could not be trained again
     here: two sessions' targets classified different test images correctly, so the audits drew different images."""
-    from dpplat.audits.defense_audit import prepare_target
-
     config = DefenseAuditConfig(dataset="mnist", target_epochs=1, target_subset=512)
-    before = torch.get_num_threads()
     weights = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            (tmp_path / f"threads-{threads}").mkdir()
-            path = prepare_target(config, tmp_path / f"threads-{threads}")
-            weights.append(torch.cat([w.flatten() for w in torch.load(path, weights_only=False)["state"].values()]))
-            assert torch.get_num_threads() == threads, "the caller's thread count is restored"
-    finally:
-        torch.set_num_threads(before)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        (tmp_path / f"threads-{threads}").mkdir()
+        path = prepare_target(config, tmp_path / f"threads-{threads}")
+        weights.append(torch.cat([w.flatten() for w in torch.load(path, weights_only=False)["state"].values()]))
+        assert torch.get_num_threads() == threads, "the caller's thread count is restored"
     assert torch.equal(weights[0], weights[1])
 
 
-def test_the_examples_target_is_the_audits_target(tmp_path):
+def test_the_examples_target_is_the_audits_target(tmp_path, thread_count):
     """``train_target`` (the example's and the tests' model) trains by the audit's recipe on one thread too,
     so on two threads it gives the weights the audit's target has."""
-    from dpplat.audits.defense_audit import prepare_target
-    from dpplat.audits.target import train_target
-
     config = DefenseAuditConfig(dataset="mnist", target_epochs=1, target_subset=512)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        example = train_target("mnist", epochs=1, subset=512).model.state_dict()
-        assert torch.get_num_threads() == 2, "the caller's thread count is restored"
-        torch.set_num_threads(1)
-        audit = torch.load(prepare_target(config, tmp_path), weights_only=False)["state"]
-    finally:
-        torch.set_num_threads(before)
+    torch.set_num_threads(2)
+    example = train_target("mnist", epochs=1, subset=512).model.state_dict()
+    assert torch.get_num_threads() == 2, "the caller's thread count is restored"
+    torch.set_num_threads(1)
+    audit = torch.load(prepare_target(config, tmp_path), weights_only=False)["state"]
     assert example.keys() == audit.keys()
     assert all(torch.equal(example[k], audit[k]) for k in audit)

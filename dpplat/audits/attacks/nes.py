@@ -100,11 +100,11 @@ class NES(TiledDirections, Attack):
             grad = self.momentum * grad + (1 - self.momentum) * estimate
             candidate = torch.minimum(torch.maximum(x_adv + lr * grad.sign(), low), high)
             scores, rejected = oracle.scores(candidate)
-            if bool(rejected[0]) and (resolution is None or lr >= resolution):
+            unheard = bool(rejected[0])
+            if unheard and (resolution is None or lr >= resolution):
                 unheard = False
                 continue  # OARS: roll back, retry from a fresh estimate
             x_adv = candidate  # OARS: a step under the floor is taken even when the defense rejects it
-            unheard = bool(rejected[0])
             if not unheard:
                 losses.append(float(self._loss(scores, target)))
                 self.consider(x, x_adv.unsqueeze(0), oracle.is_adversarial_scores(scores))
