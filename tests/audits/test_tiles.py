@@ -151,3 +151,94 @@ def test_tile_settings_are_checked(name):
         create_attack(name, tile="auto", coarsen_above=0)
     with pytest.raises(ValueError, match="auto_tiles"):
         create_attack(name, tile="auto", auto_tiles=())
+
+
+def test_the_tile_follows_the_floor_past_the_limit_and_back():
+    """Stage 1 chose the tile for the floor on an empty history; each doubling of the floor beyond the limit the
+    tile was chosen by moves one option coarser, and a relaxed floor moves back. Where no tile fitted, stage 1's
+    floor is the reference instead of the limit. A fixed tile stays, and NES keeps the coarser tile."""
+    def watched(stage1_tile, stage1_floor):
+        attack = create_attack("hsja", eps=0.1, auto_tiles=(1, 2, 4), escalate_window=100, relax_below=0.1)
+        attack.choices, attack.floors = {"tile": stage1_tile}, {"min_delta": stage1_floor}
+        attack._stage1, attack._window, attack.escalations = dict(attack.floors), [0, 0], 0
+        attack._tile_limit = 1.4
+        attack._stage1_tile = (stage1_tile, max(1.4, stage1_floor))
+        return attack
+
+    attack = watched(1, 0.5)
+    tiles = []
+    for rejected in (60, 20, 60, 0, 60, 60, 60, 0, 0, 0):  # over half: double; under a tenth: halve
+        attack._watch(100, rejected)
+        tiles.append((attack.floors["min_delta"], attack.tile))
+    assert tiles == [(1.0, 1), (1.0, 1), (2.0, 2), (1.0, 1), (2.0, 2), (4.0, 4), (8.0, 4), (4.0, 4), (2.0, 2),
+                     (1.0, 1)]
+    unfitted = watched(2, 2.0)  # stage 1 found no tile under the limit and kept tile 2 at floor 2.0
+    unfitted._watch(100, 0)  # relaxing never goes under stage 1's floor, or finer than its tile
+    assert unfitted.tile == 2
+    unfitted._watch(100, 60)
+    assert unfitted.floors["min_delta"] == 4.0 and unfitted.tile == 4
+    fixed = create_attack("hsja", eps=0.1, tile=1)
+    fixed.floors, fixed._stage1, fixed._window, fixed.escalations = {"min_delta": 0.5}, {"min_delta": 0.5}, [0, 0], 0
+    for _ in range(4):
+        fixed._watch(100, 60)
+    assert fixed.floors["min_delta"] == 8.0 and fixed.tile == 1
+    nes = create_attack("nes", eps=0.05, escalate_window=100, relax_below=0.1)  # keeps the coarser tile
+    nes.choices, nes.floors = {"tile": 1}, {"sigma": 0.02, "min_lr": 0.01}
+    nes._stage1, nes._window, nes.escalations, nes._stage1_tile = dict(nes.floors), [0, 0], 0, (1, 0.025)
+    nes._watch(100, 60)
+    assert nes.floors["sigma"] == 0.04 and nes.tile == 2
+    nes._watch(100, 0)
+    assert nes.floors["sigma"] == 0.02 and nes.tile == 2
+
+
+class GrowingBlockRadiusDefense(BlockRadiusDefense):
+    """BlockRadiusDefense whose radius grows once it has answered ``after`` queries: the history filling up,
+    as a real defense's does, so that a floor stage 1 measured on an empty history stops being enough. It keeps
+    the batches it was asked, in order."""
+
+    def __init__(self, model, *, input_shape, radius, grown, after, **kw):
+        super().__init__(model, input_shape=input_shape, radius=radius, **kw)
+        self.start_radius, self.grown, self.after = radius, grown, after
+
+    def _clear(self):
+        super()._clear()
+        self.radius, self.batches = getattr(self, "start_radius", self.radius), []
+
+    def query(self, x):
+        self.batches.append(x.clone())
+        return super().query(x)
+
+    def _lookup(self, digests, i):
+        if self.stats.queries > self.after:
+            self.radius = self.grown
+        return super()._lookup(digests, i)
+
+
+def test_hsja_coarsens_its_tile_when_the_floor_escalates_past_the_limit(mnist_model, mnist_test):
+    """Radius 0.05 lets pixel directions through at a floor under the limit (1.4); once the history has grown the
+    radius to 0.25 they need a floor of about 5, 4x4 tiles one of about 1 (see the stage-1 test above). Stage 1
+    keeps pixel directions, and after the growth the gradient estimates are drawn on coarser tiles."""
+    _, x, label, target, start = setting("hsja", mnist_model, mnist_test, 0)
+    x = 0.25 + 0.5 * x
+    defense = GrowingBlockRadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=0.05, grown=0.25, after=600)
+    attack = create_attack("hsja", eps=0.1, auto_tiles=(1, 2, 4), seed=1)
+    result = attack.attack(defense, x, label, target=target, start=start, mode="oars", budget=3_000)
+    assert result.knobs["choices"] == {"tile": 1} and result.knobs["stage1"]["min_delta"] <= 1.4
+    assert result.knobs["escalations"] > 0 and "final_choices" in result.knobs
+
+    def on_2x2_tiles(batch):  # a gradient estimate's spread about its mean is its directions'
+        def blocks(t):
+            return t[:, 0].unfold(1, 2, 2).unfold(2, 2, 2).flatten(3)
+
+        moves, inside = blocks(batch - batch.mean(0, keepdim=True)), blocks(((batch > 0) & (batch < 1)).float())
+        unclamped = inside.amin(3).amin(0) > 0  # blocks no query was clamped in (the start's background is 0)
+        constant = (moves.amax(3) - moves.amin(3) < 1e-6).all(0)
+        return bool(unclamped.sum() > 20) and bool(constant[unclamped].all())
+
+    asked, tiled = 0, []
+    for batch in defense.batches:
+        if len(batch) >= 50:  # a gradient estimate, not a stage-1 probe set (20) or a single search query
+            tiled.append((asked > 600, on_2x2_tiles(batch)))
+        asked += len(batch)
+    assert not any(t for grown, t in tiled if not grown), "pixel directions while the floor fits"
+    assert any(t for grown, t in tiled if grown), "coarser directions once the floor has passed the limit"

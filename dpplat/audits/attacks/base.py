@@ -300,12 +300,13 @@ class Attack:
         self.floors: dict[str, float] = {}
         self.reference_radius = float((start - x).norm()) if start is not None else 1.0
         oracle = Oracle(defense, label=label, target=target if self.targeted else None, budget=budget, mode=mode)
-        stopped, stage1 = "finished", {}
+        stopped, stage1, stage1_choices = "finished", {}, {}
         self.choices = {}
         try:
             if mode == "oars":
                 self.floors = self.calibrate(oracle, x)
                 stage1 = self._stage1 = dict(self.floors)  # read only: what the floors relax back to
+                stage1_choices = dict(self.choices)
                 self._window, self.escalations = [0, 0], 0
                 oracle.watch = self._watch
             self._run(oracle, x, start)
@@ -315,7 +316,8 @@ class Attack:
             stopped = stop.reason
         success = self.best is not None and self.done()
         knobs = {"stage1": stage1, "final": dict(self.floors), "escalations": getattr(self, "escalations", 0),
-                 **({"choices": dict(self.choices)} if self.choices else {})} if mode == "oars" else {}
+                 **({"choices": stage1_choices, "final_choices": dict(self.choices)} if self.choices else {})} \
+            if mode == "oars" else {}
         return AttackResult(success, oracle.queries, oracle.rejections, self.best_distance, stopped, self.best, knobs)
 
     def calibrate(self, oracle: Oracle, x: torch.Tensor) -> dict[str, float]:

@@ -50,6 +50,7 @@ class NES(TiledDirections, Attack):
     norm = "linf"
     targeted = True
     tile_knob = "sigma"
+    tile_returns = False  # measured: see TiledDirections._watch
     knobs = (Knob("sigma", 1e-4, 0.5, _probe_sigma), Knob("min_lr", 1e-4, 0.5, _probe_step))
 
     def __init__(self, *, eps: float = 0.05, samples: int = 50, sigma: float = 1e-3, lr: float = 0.01,

@@ -6,7 +6,8 @@ coherent over a tile moves the block sums by the tile's area instead of its squa
 gets through at a smaller radius. Coarser tiles restrict the directions, though, so they cost
 wherever pixel noise gets through. Hence the choice is made per image, in stage 1: the finest
 tile whose floor fits. :func:`finest_that_fits` makes that choice; the attacks that draw Gaussian
-directions choose a tile through :class:`TiledDirections`, SurFree its DCT subspace.
+directions choose a tile through :class:`TiledDirections`, SurFree its DCT subspace. The history fills as
+the attack goes on and the floor escalates, so a tiled attack's tile follows its floor in stage 2.
 """
 
 from __future__ import annotations
@@ -76,15 +77,18 @@ class TiledDirections:
     ``tile`` is a whole number of pixels or ``"auto"``: stage 1 measures the floor of the attack's
     ``tile_knob`` with each of ``auto_tiles`` in turn (finest first) and keeps the first whose floor is
     at most ``coarsen_above`` times the perturbation budget (eps for L-infinity, eps * sqrt(d) as an
-    L2 length), else the one with the lowest floor. The choice is recorded in ``choices["tile"]``;
-    the standard form has no stage 1 and uses the finest tile.
+    L2 length), else the one with the lowest floor. The choice is recorded in ``choices["tile"]``. In
+    stage 2 the tile then follows that floor as it escalates and relaxes (:meth:`_watch`); the result's
+    knobs record stage 1's choice and the last. The standard form has no stage 1 and uses the finest tile.
     """
 
     tile_knob: str = ""
+    tile_returns: bool = True  # in stage 2 the tile comes back finer as the floor relaxes (see :meth:`_watch`)
 
     def _set_tiles(self, tile: int | str, auto_tiles: tuple[int, ...], coarsen_above: float) -> None:
         self.tile_setting, self.auto_tiles = checked_coarseness("tile", " of pixels", tile, auto_tiles, coarsen_above)
         self.coarsen_above = coarsen_above
+        self._stage1_tile: tuple[int, float] | None = None  # stage 1's tile and the floor it holds to, per image
 
     @property
     def tile(self) -> int:
@@ -110,4 +114,34 @@ class TiledDirections:
         """
         if self.tile_setting != "auto":
             return calibrate_knobs(self, oracle, x)
-        return finest_that_fits(self, oracle, x, "tile", self.auto_tiles, self.tile_knob, self.tile_limit(x))
+        self._tile_limit = self.tile_limit(x)
+        floors = finest_that_fits(self, oracle, x, "tile", self.auto_tiles, self.tile_knob, self._tile_limit)
+        self._stage1_tile = (self.choices["tile"], max(self._tile_limit, floors[self.tile_knob]))
+        return floors
+
+    def _watch(self, queries: int, rejected: int) -> None:
+        """Stage 2's escalation, and with ``tile="auto"`` the tile following the floor of ``tile_knob``: stage 1's
+        tile while the floor is within the limit stage 1 chose it by (or within stage 1's floor, where none fit),
+        one option coarser in ``auto_tiles`` for each doubling beyond it, and, where ``tile_returns``, back
+        again as the floor relaxes.
+
+        Stage 1 measures the floor on an empty history; the history fills and the floor escalates, and the
+        tile chosen for the first floor stops fitting. Measured on CIFAR-10 behind Blacklight and PIHA, 16
+        images (``benchmarks/results/oars-cifar10-cpu-tile-follows-floor.md``): HSJA kept pixel directions on
+        one image behind PIHA at a floor of 0.90 (limit 1.39), escalated it 18 times to the cap and lost at
+        0.213; following the floor it won in 1,397 queries. The decision-based attacks need the way back: with
+        the coarser tile kept for good, HSJA lost two images behind PIHA that pixel directions win (the last
+        stretch along the boundary wants fine directions once the defense lets them through), and Boundary
+        won one image fewer. NES did better without it (14 of 16 behind each defense, against 13 and 12 with
+        it), so NES keeps the coarser tile; these choices were made on the same 16 images.
+        """
+        super()._watch(queries, rejected)
+        if self.tile_setting != "auto" or self._stage1_tile is None:
+            return
+        tile, reference = self._stage1_tile
+        floor = self.floors[self.tile_knob]
+        steps = math.ceil(math.log2(floor / reference)) if floor > reference else 0
+        index = min(self.auto_tiles.index(tile) + steps, len(self.auto_tiles) - 1)
+        if not self.tile_returns:
+            index = max(index, self.auto_tiles.index(self.tile))
+        self.choices["tile"] = self.auto_tiles[index]
