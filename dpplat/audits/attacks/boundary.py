@@ -18,7 +18,8 @@ third. With tiles of up to 2 the attack won 6 of the 8 images, with up to 4 it w
 (``benchmarks/results/oars-cifar10-cpu-boundary-tiles.md``). Unlike NES, which lost undefended images
 with 4x4 tiles, a boundary walk only needs random directions along the boundary, and low-frequency
 ones serve it well (QEBA's and SurFree's premise). Behind Blacklight and undefended the floor with
-pixel noise is at most 0.6, and the walk keeps pixel noise, draw for draw.
+pixel noise is at most 0.6, and stage 1 keeps pixel noise. In stage 2 the tile follows the floor as it
+escalates past half the budget and relaxes back (``TiledDirections._watch``).
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ tiles won image 3 in 4,675 queries instead of 16,133 and brought image 4 from 0.
 Coarsening sooner, above a fifth of the budget, won the grid's image 7 as well (7/8), but on eight further
 images it took tiles on seven and lost one that pixel directions won (7/8 against 8/8), so the limit stays
 at half. Undefended the floor is the knob's lowest value, and behind Blacklight it is under half the
-budget: pixel directions are kept there, draw for draw.
+budget: stage 1 keeps pixel directions there. In stage 2 the tile follows the floor as it escalates past
+that limit and relaxes back (``TiledDirections._watch``): behind Blacklight one image of 16 ended on 2x2
+tiles.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ reflected into the ball and asked again.
 
 OARS form: stage 1 sets floors on ``sigma`` and on the step (``min_lr``: the shortest sign
 step its probes saw pass); with ``tile="auto"`` it first coarsens the directions' tile (through
-``auto_tiles``) while sigma's floor stays above ``coarsen_above`` times eps. A rejected pair is redrawn,
+``auto_tiles``) while sigma's floor stays above ``coarsen_above`` times eps, and in stage 2 it coarsens for
+good once the escalated floor passes that limit (``TiledDirections._watch``). A rejected pair is redrawn,
 and a rejected step is rolled back and retried from a fresh gradient estimate. The plateau
 decay still takes the step below its floor, where the defense may reject the new iterate
 as a repeat of the last. Such a step is taken whatever the answer. It is still asked about:

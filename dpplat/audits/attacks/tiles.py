@@ -130,8 +130,8 @@ class TiledDirections:
         images (``benchmarks/results/oars-cifar10-cpu-tile-follows-floor.md``): HSJA kept pixel directions on
         one image behind PIHA at a floor of 0.90 (limit 1.39), escalated it 18 times to the cap and lost at
         0.213; following the floor it won in 1,397 queries. The decision-based attacks need the way back: with
-        the coarser tile kept for good, HSJA lost two images behind PIHA that pixel directions win (the last
-        stretch along the boundary wants fine directions once the defense lets them through), and Boundary
+        the coarser tile kept for good, HSJA lost two images behind PIHA that pixel directions win (presumably
+        the last stretch along the boundary wants fine directions once the defense lets them through), and Boundary
         won one image fewer. NES did better without it (14 of 16 behind each defense, against 13 and 12 with
         it), so NES keeps the coarser tile; these choices were made on the same 16 images.
         """
