@@ -161,8 +161,7 @@ def test_the_tile_follows_the_floor_past_the_limit_and_back():
         attack = create_attack("hsja", eps=0.1, auto_tiles=(1, 2, 4), escalate_window=100, relax_below=0.1)
         attack.choices, attack.floors = {"tile": stage1_tile}, {"min_delta": stage1_floor}
         attack._stage1, attack._window, attack.escalations = dict(attack.floors), [0, 0], 0
-        attack._tile_limit = 1.4
-        attack._stage1_tile = (stage1_tile, max(1.4, stage1_floor))
+        attack._stage1_tile = (stage1_tile, max(1.4, stage1_floor))  # the limit: half of 0.1 * 28
         return attack
 
     attack = watched(1, 0.5)

@@ -114,9 +114,9 @@ class TiledDirections:
         """
         if self.tile_setting != "auto":
             return calibrate_knobs(self, oracle, x)
-        self._tile_limit = self.tile_limit(x)
-        floors = finest_that_fits(self, oracle, x, "tile", self.auto_tiles, self.tile_knob, self._tile_limit)
-        self._stage1_tile = (self.choices["tile"], max(self._tile_limit, floors[self.tile_knob]))
+        limit = self.tile_limit(x)
+        floors = finest_that_fits(self, oracle, x, "tile", self.auto_tiles, self.tile_knob, limit)
+        self._stage1_tile = (self.choices["tile"], max(limit, floors[self.tile_knob]))
         return floors
 
     def _watch(self, queries: int, rejected: int) -> None:
@@ -131,8 +131,8 @@ class TiledDirections:
         one image behind PIHA at a floor of 0.90 (limit 1.39), escalated it 18 times to the cap and lost at
         0.213; following the floor it won in 1,397 queries. The decision-based attacks need the way back: with
         the coarser tile kept for good, HSJA lost two images behind PIHA that pixel directions win (presumably
-        the last stretch along the boundary wants fine directions once the defense lets them through), and Boundary
-        won one image fewer. NES did better without it (14 of 16 behind each defense, against 13 and 12 with
+        the last stretch along the boundary wants fine directions once the defense lets them through), and
+        Boundary won one image fewer. NES did better without it (14 of 16 behind each defense, against 13 and 12 with
         it), so NES keeps the coarser tile; these choices were made on the same 16 images.
         """
         super()._watch(queries, rejected)
