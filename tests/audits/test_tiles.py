@@ -6,7 +6,7 @@ import torch
 
 from dpplat.audits.attacks import create_attack
 from dpplat.audits.defenses import create_defense
-from tests.audits.test_attacks import RadiusDefense, setting
+from tests.audits.test_attacks import RadiusDefense, RecordingRadiusDefense, setting
 
 
 def test_tiled_directions_are_constant_on_blocks_with_unit_variance():
@@ -157,12 +157,15 @@ def test_the_tile_follows_the_floor_past_the_limit_and_back():
     """Stage 1 chose the tile for the floor on an empty history; each doubling of the floor beyond the limit the
     tile was chosen by moves one option coarser, and a relaxed floor moves back. Where no tile fitted, stage 1's
     floor is the reference instead of the limit. A fixed tile stays, and NES keeps the coarser tile."""
-    def watched(stage1_tile, stage1_floor):
-        attack = create_attack("hsja", eps=0.1, auto_tiles=(1, 2, 4), escalate_window=100, relax_below=0.1)
-        attack.choices, attack.floors = {"tile": stage1_tile}, {"min_delta": stage1_floor}
-        attack._stage1, attack._window, attack.escalations = dict(attack.floors), [0, 0], 0
-        attack._stage1_tile = (stage1_tile, max(1.4, stage1_floor))  # the limit: half of 0.1 * 28
+    def in_stage2(attack, floors, stage1_tile, limit):  # as Attack.attack leaves it after stage 1
+        attack.choices, attack.floors = {"tile": stage1_tile}, dict(floors)
+        attack._stage1, attack._window, attack.escalations = dict(floors), [0, 0], 0
+        attack._stage1_tile = (stage1_tile, max(limit, floors[attack.tile_knob]))
         return attack
+
+    def watched(stage1_tile, stage1_floor):  # HSJA at eps 0.1 on MNIST: the limit is half of 0.1 * 28
+        attack = create_attack("hsja", eps=0.1, auto_tiles=(1, 2, 4), escalate_window=100, relax_below=0.1)
+        return in_stage2(attack, {"min_delta": stage1_floor}, stage1_tile, 1.4)
 
     attack = watched(1, 0.5)
     tiles = []
@@ -176,24 +179,23 @@ def test_the_tile_follows_the_floor_past_the_limit_and_back():
     assert unfitted.tile == 2
     unfitted._watch(100, 60)
     assert unfitted.floors["min_delta"] == 4.0 and unfitted.tile == 4
-    fixed = create_attack("hsja", eps=0.1, tile=1)
-    fixed.floors, fixed._stage1, fixed._window, fixed.escalations = {"min_delta": 0.5}, {"min_delta": 0.5}, [0, 0], 0
+    fixed = in_stage2(create_attack("hsja", eps=0.1, tile=1), {"min_delta": 0.5}, 1, 1.4)
+    fixed.choices, fixed._stage1_tile = {}, None  # a fixed tile has no stage-1 choice
     for _ in range(4):
         fixed._watch(100, 60)
     assert fixed.floors["min_delta"] == 8.0 and fixed.tile == 1
-    nes = create_attack("nes", eps=0.05, escalate_window=100, relax_below=0.1)  # keeps the coarser tile
-    nes.choices, nes.floors = {"tile": 1}, {"sigma": 0.02, "min_lr": 0.01}
-    nes._stage1, nes._window, nes.escalations, nes._stage1_tile = dict(nes.floors), [0, 0], 0, (1, 0.025)
+    nes = in_stage2(create_attack("nes", eps=0.05, escalate_window=100, relax_below=0.1),  # keeps the coarser tile
+                    {"sigma": 0.02, "min_lr": 0.01}, 1, 0.025)
     nes._watch(100, 60)
     assert nes.floors["sigma"] == 0.04 and nes.tile == 2
     nes._watch(100, 0)
     assert nes.floors["sigma"] == 0.02 and nes.tile == 2
 
 
-class GrowingBlockRadiusDefense(BlockRadiusDefense):
+class GrowingBlockRadiusDefense(BlockRadiusDefense, RecordingRadiusDefense):
     """BlockRadiusDefense whose radius grows once it has answered ``after`` queries: the history filling up,
     as a real defense's does, so that a floor stage 1 measured on an empty history stops being enough. It keeps
-    the batches it was asked, in order."""
+    the batches it was asked, in order (RecordingRadiusDefense)."""
 
     def __init__(self, model, *, input_shape, radius, grown, after, **kw):
         super().__init__(model, input_shape=input_shape, radius=radius, **kw)
@@ -201,11 +203,7 @@ class GrowingBlockRadiusDefense(BlockRadiusDefense):
 
     def _clear(self):
         super()._clear()
-        self.radius, self.batches = getattr(self, "start_radius", self.radius), []
-
-    def query(self, x):
-        self.batches.append(x.clone())
-        return super().query(x)
+        self.radius = getattr(self, "start_radius", self.radius)
 
     def _lookup(self, digests, i):
         if self.stats.queries > self.after:

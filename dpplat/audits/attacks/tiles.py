@@ -132,8 +132,8 @@ class TiledDirections:
         0.213; following the floor it won in 1,397 queries. The decision-based attacks need the way back: with
         the coarser tile kept for good, HSJA lost two images behind PIHA that pixel directions win (presumably
         the last stretch along the boundary wants fine directions once the defense lets them through), and
-        Boundary won one image fewer. NES did better without it (14 of 16 behind each defense, against 13 and 12 with
-        it), so NES keeps the coarser tile; these choices were made on the same 16 images.
+        Boundary won one image fewer. NES did better without it (14 of 16 behind each defense, against 13 and
+        12 with it), so NES keeps the coarser tile; these choices were made on the same 16 images.
         """
         super()._watch(queries, rejected)
         if self.tile_setting != "auto" or self._stage1_tile is None:
