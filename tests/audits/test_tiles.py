@@ -157,10 +157,11 @@ def test_the_tile_follows_the_floor_past_the_limit_and_back():
     """Stage 1 chose the tile for the floor on an empty history; each doubling of the floor beyond the limit the
     tile was chosen by moves one option coarser, and a relaxed floor moves back. Where no tile fitted, stage 1's
     floor is the reference instead of the limit. A fixed tile stays, and NES keeps the coarser tile."""
-    def in_stage2(attack, floors, stage1_tile, limit):  # as Attack.attack leaves it after stage 1
-        attack.choices, attack.floors = {"tile": stage1_tile}, dict(floors)
-        attack._stage1, attack._window, attack.escalations = dict(floors), [0, 0], 0
-        attack._stage1_tile = (stage1_tile, max(limit, floors[attack.tile_knob]))
+    def in_stage2(attack, floors, stage1_tile=None, limit=0.0):  # as Attack.attack leaves it after stage 1
+        attack.floors, attack._stage1, attack._window, attack.escalations = dict(floors), dict(floors), [0, 0], 0
+        if stage1_tile is not None:  # tile="auto": stage 1 chose a tile by a limit (a fixed tile chooses none)
+            attack.choices = {"tile": stage1_tile}
+            attack._stage1_tile = (stage1_tile, max(limit, floors[attack.tile_knob]))
         return attack
 
     def watched(stage1_tile, stage1_floor):  # HSJA at eps 0.1 on MNIST: the limit is half of 0.1 * 28
@@ -179,8 +180,7 @@ def test_the_tile_follows_the_floor_past_the_limit_and_back():
     assert unfitted.tile == 2
     unfitted._watch(100, 60)
     assert unfitted.floors["min_delta"] == 4.0 and unfitted.tile == 4
-    fixed = in_stage2(create_attack("hsja", eps=0.1, tile=1), {"min_delta": 0.5}, 1, 1.4)
-    fixed.choices, fixed._stage1_tile = {}, None  # a fixed tile has no stage-1 choice
+    fixed = in_stage2(create_attack("hsja", eps=0.1, tile=1), {"min_delta": 0.5})
     for _ in range(4):
         fixed._watch(100, 60)
     assert fixed.floors["min_delta"] == 8.0 and fixed.tile == 1
