@@ -144,9 +144,9 @@ def test_a_redrawn_midpoint_keeps_its_distance_from_the_input():
         assert 0.4 < float((point - midpoint).norm()) < 0.51  # moved by about the floor (a chord of the turn)
 
 
-def test_oars_geometric_step_never_shrinks_into_the_floor_and_lengthens_when_rejected(mnist_model, mnist_test):
+def test_oars_geometric_step_lengthens_when_rejected(mnist_model, mnist_test):
     """A step from a stored x_adv shorter than the defense's radius is rejected however often it halves;
-    the OARS step starts at the floor and, rejected there, doubles until it clears the stored point."""
+    the OARS step, rejected, doubles until it clears the stored point."""
     from dpplat.audits.attacks.base import Oracle
 
     attack, x, label, target, start = setting("hsja", mnist_model, mnist_test, 0)
@@ -159,6 +159,49 @@ def test_oars_geometric_step_never_shrinks_into_the_floor_and_lengthens_when_rej
     assert candidate is not None and oracle.rejections >= 1 and oracle.queries == oracle.rejections + 1
     assert float((candidate - start).norm()) >= 0.5, "the accepted step clears the stored point"
     assert int(mnist_model(candidate.unsqueeze(0)).argmax()) == target
+
+
+def test_oars_geometric_step_below_the_floor_is_tried_as_it_is(mnist_model, mnist_test):
+    """Nothing rejects the short step, so HSJA takes it: held at the floor (0.3 here), every step near the
+    optimum was as long as the floor, and behind Blacklight that was a quarter of the distance to the input."""
+    from dpplat.audits.attacks.base import Oracle
+
+    attack, x, label, target, start = setting("hsja", mnist_model, mnist_test, 0)
+    v = (start - x) / (start - x).norm()
+    attack.floors = {"min_delta": 0.3}
+    oracle = Oracle(create_defense("none", mnist_model, input_shape=(1, 28, 28)), label=label, target=target,
+                    budget=1000, mode="oars")
+    candidate = attack.geometric_step(oracle, start, v, step=0.05)
+    assert candidate is not None and oracle.queries == 1
+    assert 0 < float((candidate - start).norm()) <= 0.05 + 1e-6  # clamping to [0, 1] only shortens it
+
+
+@pytest.mark.parametrize("first_turn, turns", [(0.25, [0.125, 0.25, 0.5]), (1.0, [0.5])])
+def test_a_rejected_midpoints_redraws_turn_from_first_turn_up_to_the_floor(first_turn, turns, mnist_model,
+                                                                          mnist_test):
+    """HSJA searches inside the cloud of its own probes, where a whole-floor turn is a random sideways jump
+    along the boundary: its redraws start at a quarter of the floor and double while they are rejected."""
+    from dpplat.audits.attacks.base import Oracle
+
+    attack, x, label, target, start = setting("hsja", mnist_model, mnist_test, 0)
+    attack.first_turn = first_turn
+    floor = 0.5
+    defense = RadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=0.8 * floor)
+    defense.query(((x + start) / 2).unsqueeze(0))  # the first midpoint is already in the history
+    attack.rng, attack.best, attack.best_distance = attack.generator(0), None, math.inf
+    attack.floors = {"min_delta": floor}
+    used = []
+    redraw = attack._redraw_at_radius
+    attack._redraw_at_radius = lambda x_, midpoint, turn: used.append(turn) or redraw(x_, midpoint, turn)
+    oracle = Oracle(defense, label=label, target=target, budget=10_000, mode="oars")
+    found = attack.boundary_search(oracle, x, start, tolerance=1e-3)
+    assert used[:len(turns)] == pytest.approx(turns)  # the first midpoint's redraws: within 0.4 until the floor
+    assert not attack.search_cut_short and int(mnist_model(found.unsqueeze(0)).argmax()) == target
+
+
+def test_first_turn_must_be_a_fraction_of_the_floor():
+    with pytest.raises(ValueError, match="first_turn"):
+        create_attack("hsja", first_turn=0.0)
 
 
 def test_oars_beats_blacklight_where_the_standard_form_fails(mnist_model, mnist_test):

@@ -7,10 +7,10 @@ normal from ``B`` random unit directions at radius ``delta`` (B grows as
 and binary-searches back to the boundary.
 
 OARS form: stage 1 sets a floor on the gradient-estimation radius ``delta``; rejected
-directions are redrawn and the estimate uses accepted ones only; the geometric step is
-never shorter than that floor, and a rejected step is retried twice as long
-(:meth:`HopSkipJump.geometric_step`); a rejected binary-search midpoint is redrawn at the
-same distance from the input, turned by the floor (``Attack.boundary_search``), a search
+directions are redrawn and the estimate uses accepted ones only; a rejected geometric step
+is retried twice as long (:meth:`HopSkipJump.geometric_step`); a rejected binary-search
+midpoint is redrawn at the same distance from the input, turned by a quarter of the floor
+first and up to the whole floor (``Attack.boundary_search``, ``first_turn``), a search
 whose redraws all fail ends at the last known adversarial point, and a step that ends
 farther from the input than it started is rolled back.
 
@@ -54,8 +54,11 @@ class HopSkipJump(TiledDirections, Attack):
     def __init__(self, *, eps: float = 0.05, init_evals: int = 100, max_evals: int = 1000, gamma: float = 1.0,
                  max_iterations: int = 1000, step_halvings: int = 20, min_delta: float = 0.0,
                  tile: int | str = "auto", auto_tiles: tuple[int, ...] = (1, 2, 4), coarsen_above: float = 0.5,
-                 **common) -> None:
+                 first_turn: float = 0.25, **common) -> None:
         super().__init__(eps=eps, **common)
+        if not 0 < first_turn <= 1:
+            raise ValueError(f"first_turn is a fraction of the floor in (0, 1], got {first_turn}.")
+        self.first_turn = first_turn
         self._set_tiles(tile, auto_tiles, coarsen_above)
         self.init_evals, self.max_evals, self.gamma = init_evals, max_evals, gamma
         self.max_iterations, self.step_halvings, self.min_delta = max_iterations, step_halvings, min_delta
@@ -100,22 +103,18 @@ class HopSkipJump(TiledDirections, Attack):
         """The first adversarial point along ``v`` from ``x_adv``, trying ``step`` first; None if none is found.
 
         A step that leaves the adversarial region is rolled back and retried at half the length.
-        In OARS form the step is never shorter than the length floor (a shorter one lands within
-        the defense's resolution of ``x_adv``, which is stored), and a rejected step is retried at
-        twice the length: halving it, as a failed step is, only moves it closer to the stored query
-        it collided with, and against Blacklight that stalled the attack for good.
+        In OARS form a rejected step is retried at twice the length: halving it, as a failed step
+        is, only moves it closer to the stored query it collided with, and against Blacklight that
+        stalled the attack for good. The step is otherwise HSJA's own, even when shorter than the
+        floor: held at the floor (stops 14-23), every step near the optimum was a quarter of the
+        distance to the input behind Blacklight, and on MNIST images 13 and 14 the attack ended
+        farther out (``benchmarks/results/oars-mnist-cpu-probes-stop24.md``). A short step that is
+        rejected costs one query before it doubles.
         """
-        shortest = self.length_floor() or 0.0
-        step = max(step, shortest)
         for _ in range(self.step_halvings):
             candidate = (x_adv + step * v).clamp(0, 1)
             adv, rejected = oracle.adversarial(candidate.unsqueeze(0))
             if bool(adv[0]):
                 return candidate
-            if bool(rejected[0]):
-                step *= 2
-            elif step <= shortest:
-                return None  # overshot even at the floor: estimate the direction again
-            else:
-                step = max(step / 2, shortest)
+            step = step * 2 if bool(rejected[0]) else step / 2
         return None
