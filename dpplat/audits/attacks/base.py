@@ -126,16 +126,18 @@ class Attack:
     targeted = False
     needs_start = False  # decision-based attacks start from an adversarial image the harness supplies
     length_knob: str | None = None  # the knob whose floor is an L2 length (it bounds binary searches)
-    first_turn = 1.0  # a rejected search midpoint's first redraw turns by this times the floor (boundary_search)
     knobs: tuple[Knob, ...] = ()
 
     def __init__(self, *, eps: float = 0.05, target_rate: float = 0.05, probes: int = 20, search_steps: int = 8,
                  max_resamples: int = 20, escalate_window: int = 100, relax_below: float = 0.1,
-                 seed: int = 0) -> None:
+                 first_turn: float = 1.0, seed: int = 0) -> None:
         if eps <= 0:
             raise ValueError(f"eps must be positive, got {eps}.")
         if not 0 <= target_rate < 1:
             raise ValueError(f"target_rate must be in [0, 1), got {target_rate}.")
+        if not 0 < first_turn <= 1:
+            raise ValueError(f"first_turn is a fraction of the floor in (0, 1], got {first_turn}.")
+        self.first_turn = first_turn  # a rejected search midpoint's first redraw turns by this times the floor
         self.eps, self.target_rate, self.probes, self.search_steps = eps, target_rate, probes, search_steps
         self.max_resamples, self.escalate_window, self.relax_below = max_resamples, escalate_window, relax_below
         self.seed = seed

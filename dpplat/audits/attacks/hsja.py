@@ -55,10 +55,7 @@ class HopSkipJump(TiledDirections, Attack):
                  max_iterations: int = 1000, step_halvings: int = 20, min_delta: float = 0.0,
                  tile: int | str = "auto", auto_tiles: tuple[int, ...] = (1, 2, 4), coarsen_above: float = 0.5,
                  first_turn: float = 0.25, **common) -> None:
-        super().__init__(eps=eps, **common)
-        if not 0 < first_turn <= 1:
-            raise ValueError(f"first_turn is a fraction of the floor in (0, 1], got {first_turn}.")
-        self.first_turn = first_turn
+        super().__init__(eps=eps, first_turn=first_turn, **common)  # searches inside its own probes' cloud
         self._set_tiles(tile, auto_tiles, coarsen_above)
         self.init_evals, self.max_evals, self.gamma = init_evals, max_evals, gamma
         self.max_iterations, self.step_halvings, self.min_delta = max_iterations, step_halvings, min_delta
