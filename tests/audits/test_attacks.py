@@ -7,67 +7,11 @@ import pytest
 import torch
 
 from dpplat.audits.attacks import available_attacks, create_attack
-from dpplat.audits.defenses import StatefulDefense, create_defense
+from dpplat.audits.defenses import create_defense
+from tests.audits.synthetic import (BlocksChangedDefense, RadiusDefense, RecordingRadiusDefense, RejectAfter,
+                                   setting)
 
 ATTACKS = ["nes", "square", "hsja", "qeba", "surfree", "boundary"]
-
-
-class RadiusDefense(StatefulDefense):
-    """A synthetic defense: a hit is any query within L2 ``radius`` of an accepted one."""
-
-    def __init__(self, model, *, input_shape, radius, **kw):
-        super().__init__(model, input_shape=input_shape, **kw)
-        self.radius = radius
-        self._clear()
-
-    def _clear(self):
-        self.stored = []
-
-    def _digest(self, x):
-        return x.flatten(1)
-
-    def _lookup(self, digests, i):
-        if not self.stored:
-            return False, None
-        d = (torch.stack(self.stored) - digests[i]).norm(dim=1)
-        return bool(d.min() < self.radius), int(d.argmin())
-
-    def _remember(self, digests, i):
-        self.stored.append(digests[i])
-
-
-class RejectAfter(StatefulDefense):
-    """Accepts the first ``n`` queries, rejects everything after."""
-
-    def __init__(self, model, *, input_shape, n, **kw):
-        super().__init__(model, input_shape=input_shape, **kw)
-        self.n = n
-
-    def _clear(self):
-        pass
-
-    def _digest(self, x):
-        return None
-
-    def _lookup(self, digests, i):
-        return self.stats.queries > self.n, None
-
-    def _remember(self, digests, i):
-        pass
-
-
-def setting(name, mnist_model, mnist_test, i):
-    """Image i of the test set, a target, and a start image the model labels as the goal."""
-    x, y = mnist_test
-    predicted = mnist_model(x).argmax(1)
-    correct = torch.nonzero(predicted == y).flatten()
-    index = int(correct[i])
-    label = int(y[index])
-    target = (label + 1) % 10
-    attack = create_attack(name, eps=0.3 if name in ("nes", "square") else 0.15, seed=1)
-    goal = (predicted == target) if attack.targeted else (predicted != label)
-    start = x[torch.nonzero(goal & (predicted == y)).flatten()[i]]
-    return attack, x[index], label, target, start
 
 
 @pytest.mark.parametrize("name", ATTACKS)
@@ -105,103 +49,6 @@ def test_oars_stage_one_recovers_the_rejection_radius(name, attribute, scale, mn
     attack.search_steps = 16
     result = attack.attack(defense, x, label, target=target, start=start, mode="oars", budget=2_000)
     assert result.knobs["stage1"][attribute] * scale == pytest.approx(radius, rel=0.08)
-
-
-def test_oars_boundary_search_redraws_a_rejected_midpoint(mnist_model, mnist_test):
-    """The segment's midpoint is already in the history: the search redraws it off the segment by the
-    floor and carries on to the boundary, where it used to stop at the start image."""
-    from dpplat.audits.attacks.base import Oracle
-
-    attack, x, label, _, start = setting("surfree", mnist_model, mnist_test, 0)
-    floor = 0.5
-    plain = create_defense("none", mnist_model, input_shape=(1, 28, 28))
-    defended = RadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=0.8 * floor)
-    defended.query(((x + start) / 2).unsqueeze(0))
-    found = {}
-    for name, defense in (("plain", plain), ("defended", defended)):
-        attack.rng, attack.best, attack.best_distance = attack.generator(0), None, math.inf
-        attack.floors, attack.length_knob = {"min_delta": floor}, "min_delta"
-        oracle = Oracle(defense, label=label, budget=10_000, mode="oars")
-        found[name] = attack.boundary_search(oracle, x, start, tolerance=1e-3)
-        assert not attack.search_cut_short and int(mnist_model(found[name].unsqueeze(0)).argmax()) != label
-    assert oracle.rejections >= 1
-    reach = {name: float((point - x).norm()) for name, point in found.items()}
-    assert reach["defended"] < 0.8 * float((start - x).norm())
-    # the redraws keep their distance from x, and the bracket closes to floor / sqrt(d): the defended search
-    # ends within a tenth of the floor of the plain one (a quarter-floor bracket and offset redraws: 0.22)
-    assert reach["defended"] <= reach["plain"] + 0.1 * floor
-
-
-def test_a_redrawn_midpoint_keeps_its_distance_from_the_input():
-    attack = create_attack("hsja", eps=0.1)
-    attack.rng = attack.generator(0)
-    x = torch.full((1, 28, 28), 0.5)
-    midpoint = x + 0.1 * torch.randn((1, 28, 28), generator=torch.Generator().manual_seed(1))
-    radius = float((midpoint - x).norm())
-    for _ in range(20):
-        point = attack._redraw_at_radius(x, midpoint, floor=0.5)
-        assert float((point - x).norm()) == pytest.approx(radius, rel=1e-5)
-        assert 0.4 < float((point - midpoint).norm()) < 0.51  # moved by about the floor (a chord of the turn)
-
-
-def test_oars_geometric_step_lengthens_when_rejected(mnist_model, mnist_test):
-    """A step from a stored x_adv shorter than the defense's radius is rejected however often it halves;
-    the OARS step, rejected, doubles until it clears the stored point."""
-    from dpplat.audits.attacks.base import Oracle
-
-    attack, x, label, target, start = setting("hsja", mnist_model, mnist_test, 0)
-    v = (start - x) / (start - x).norm()  # away from the input: deeper into the target class
-    defense = RadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=0.5)
-    defense.query(start.unsqueeze(0))  # x_adv is in the history
-    attack.floors = {"min_delta": 0.3}
-    oracle = Oracle(defense, label=label, target=target, budget=1000, mode="oars")
-    candidate = attack.geometric_step(oracle, start, v, step=0.05)
-    assert candidate is not None and oracle.rejections >= 1 and oracle.queries == oracle.rejections + 1
-    assert float((candidate - start).norm()) >= 0.5, "the accepted step clears the stored point"
-    assert int(mnist_model(candidate.unsqueeze(0)).argmax()) == target
-
-
-def test_oars_geometric_step_below_the_floor_is_tried_as_it_is(mnist_model, mnist_test):
-    """Nothing rejects the short step, so HSJA takes it: held at the floor (0.3 here), every step near the
-    optimum was as long as the floor, and behind Blacklight that was a quarter of the distance to the input."""
-    from dpplat.audits.attacks.base import Oracle
-
-    attack, x, label, target, start = setting("hsja", mnist_model, mnist_test, 0)
-    v = (start - x) / (start - x).norm()
-    attack.floors = {"min_delta": 0.3}
-    oracle = Oracle(create_defense("none", mnist_model, input_shape=(1, 28, 28)), label=label, target=target,
-                    budget=1000, mode="oars")
-    candidate = attack.geometric_step(oracle, start, v, step=0.05)
-    assert candidate is not None and oracle.queries == 1
-    assert 0 < float((candidate - start).norm()) <= 0.05 + 1e-6  # clamping to [0, 1] only shortens it
-
-
-@pytest.mark.parametrize("first_turn, turns", [(0.25, [0.125, 0.25, 0.5]), (1.0, [0.5])])
-def test_a_rejected_midpoints_redraws_turn_from_first_turn_up_to_the_floor(first_turn, turns, mnist_model,
-                                                                          mnist_test):
-    """HSJA searches inside the cloud of its own probes, where a whole-floor turn is a random sideways jump
-    along the boundary: its redraws start at a quarter of the floor and double while they are rejected."""
-    from dpplat.audits.attacks.base import Oracle
-
-    attack, x, label, target, start = setting("hsja", mnist_model, mnist_test, 0)
-    attack.first_turn = first_turn
-    floor = 0.5
-    defense = RadiusDefense(mnist_model, input_shape=(1, 28, 28), radius=0.8 * floor)
-    defense.query(((x + start) / 2).unsqueeze(0))  # the first midpoint is already in the history
-    attack.rng, attack.best, attack.best_distance = attack.generator(0), None, math.inf
-    attack.floors = {"min_delta": floor}
-    used = []
-    redraw = attack._redraw_at_radius
-    attack._redraw_at_radius = lambda x_, midpoint, turn: used.append(turn) or redraw(x_, midpoint, turn)
-    oracle = Oracle(defense, label=label, target=target, budget=10_000, mode="oars")
-    found = attack.boundary_search(oracle, x, start, tolerance=1e-3)
-    assert used[:len(turns)] == pytest.approx(turns)  # the first midpoint's redraws: within 0.4 until the floor
-    assert not attack.search_cut_short and int(mnist_model(found.unsqueeze(0)).argmax()) == target
-
-
-def test_first_turn_must_be_a_fraction_of_the_floor():
-    with pytest.raises(ValueError, match="first_turn"):
-        create_attack("hsja", first_turn=0.0)
 
 
 def test_oars_beats_blacklight_where_the_standard_form_fails(mnist_model, mnist_test):
@@ -270,20 +117,6 @@ def test_square_spends_the_whole_budget_after_its_schedule(mnist_model, mnist_te
     assert attack.side(10_000, 28, 28) == attack.side(49, 28, 28)  # the last size, held
 
 
-class RecordingRadiusDefense(RadiusDefense):
-    """RadiusDefense that keeps every batch it was asked, in order, and which of its queries it rejected."""
-
-    def _clear(self):
-        super()._clear()
-        self.batches, self.rejected = [], []
-
-    def query(self, x):
-        self.batches.append(x.clone())
-        response = super().query(x)
-        self.rejected.append(response.rejected.clone())
-        return response
-
-
 def test_nes_oars_takes_steps_under_its_floor_and_asks_about_them(mnist_model, mnist_test):
     """Held at stage 1's step floor, sign steps oscillate around the optimum (CIFAR-10 behind Blacklight: the
     target's log-probability hovered near -1 for 90,000 queries), so the plateau decay takes the step under the
@@ -337,26 +170,6 @@ def test_nes_asks_again_for_an_adversarial_probe_reflected_into_the_ball(mnist_m
     inside = corner.clamp(low, high) - 0.01 * (corner - x).sign()
     attack._check_probes(oracle, x, inside.unsqueeze(0), says_target, low, high)
     assert len(defense.batches) == 1 and attack.done(), "a probe inside the ball wins without another query"
-
-
-class BlocksChangedDefense(RadiusDefense):
-    """Sees which ``block`` x ``block`` blocks a query changes, as a block hash (PIHA) does with 7x7 blocks: a hit
-    is a query that differs from an accepted one in fewer than ``radius`` blocks. One square reaches at most 9
-    blocks however large it is; several small ones spread over as many blocks as there are squares."""
-
-    def __init__(self, model, *, block, **kw):
-        self.block = block
-        super().__init__(model, **kw)
-
-    def _digest(self, x):
-        b = self.block
-        return x.unfold(2, b, b).unfold(3, b, b).flatten(-2).flatten(1, 3)  # (N, blocks, b * b)
-
-    def _lookup(self, digests, i):
-        if not self.stored:
-            return False, None
-        changed = ((torch.stack(self.stored) - digests[i]).abs().amax(-1) > 1e-6).sum(1)
-        return bool(changed.min() < self.radius), int(changed.argmin())
 
 
 def test_square_oars_dithers_only_where_squares_alone_do_not_get_through(mnist_model):

@@ -6,7 +6,7 @@ import torch
 
 from dpplat.audits.attacks import create_attack
 from dpplat.audits.defenses import create_defense
-from tests.audits.test_attacks import RadiusDefense, RecordingRadiusDefense, setting
+from tests.audits.synthetic import RadiusDefense, RecordingRadiusDefense, setting
 
 
 def test_tiled_directions_are_constant_on_blocks_with_unit_variance():
