@@ -50,6 +50,30 @@ class RejectAfter(StatefulDefense):
         pass
 
 
+class RejectFirstOfBatch(StatefulDefense):
+    """Rejects the first ``n`` queries of every batch and nothing else: a share of stage 1's probes a test sets."""
+
+    def __init__(self, model, *, input_shape, n, **kw):
+        super().__init__(model, input_shape=input_shape, **kw)
+        self.n = n
+
+    def _clear(self):
+        pass
+
+    def _digest(self, x):
+        return None
+
+    def _begin(self, digests):
+        self._in_batch = 0
+
+    def _lookup(self, digests, i):
+        self._in_batch += 1
+        return self._in_batch <= self.n, None
+
+    def _remember(self, digests, i):
+        pass
+
+
 def setting(name, mnist_model, mnist_test, i):
     """Image i of the test set, a target, and a start image the model labels as the goal."""
     x, y = mnist_test

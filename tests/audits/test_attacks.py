@@ -9,7 +9,7 @@ import torch
 from dpplat.audits.attacks import available_attacks, create_attack
 from dpplat.audits.defenses import create_defense
 from tests.audits.synthetic import (BlocksChangedDefense, RadiusDefense, RecordingRadiusDefense, RejectAfter,
-                                   setting)
+                                   RejectFirstOfBatch, setting)
 
 ATTACKS = ["nes", "square", "hsja", "qeba", "surfree", "boundary"]
 
@@ -51,6 +51,27 @@ def test_oars_stage_one_recovers_the_rejection_radius(name, attribute, scale, mn
     assert result.knobs["stage1"][attribute] * scale == pytest.approx(radius, rel=0.08)
 
 
+@pytest.mark.parametrize("rejected,target_rate,passes", [(1, 0.05, False), (1, 0.1, True), (5, 0.25, False),
+                                                         (4, 0.25, True)])
+def test_stage_one_passes_a_value_only_below_the_target_rate(rejected, target_rate, passes, mnist_model, mnist_test):
+    """``rejected`` of every 20 probes are turned away whatever the radius: below the target rate the radius comes
+    down to its low end, at the rate stage 1 finds no floor. (5 of 20 passed 25% as a float32 mean, 1 of 20 failed 5%.)"""
+    from dpplat.audits.attacks.base import Oracle
+    from dpplat.audits.attacks.stage1 import search_knob
+
+    _, x, label, target, _ = setting("hsja", mnist_model, mnist_test, 0)
+    attack = create_attack("hsja", eps=0.15, tile=1, target_rate=target_rate, seed=1)
+    attack.rng = attack.generator(0)
+    defense = RejectFirstOfBatch(mnist_model, input_shape=(1, 28, 28), n=rejected)
+    knob = attack.knobs[0]
+    floor = search_knob(attack, Oracle(defense, label=label, target=target, mode="oars"), x, knob, {})
+    if passes:
+        assert floor is not None and floor < 2 * knob.low
+    else:
+        assert floor is None
+    assert defense.stats.rejections == rejected * defense.stats.queries // attack.probes
+
+
 def test_oars_beats_blacklight_where_the_standard_form_fails(mnist_model, mnist_test):
     defense = create_defense("blacklight", mnist_model, input_shape=(1, 28, 28))
     attack, x, label, target, _ = setting("nes", mnist_model, mnist_test, 0)
@@ -73,6 +94,8 @@ def test_bad_inputs_are_refused_clearly(mnist_model, mnist_test):
         create_attack("square").attack(defense, x * 255, 1)
     with pytest.raises(ValueError, match="targeted"):
         create_attack("nes").attack(defense, x, 1)
+    with pytest.raises(ValueError, match=r"target_rate .* in \(0, 1\)"):
+        create_attack("hsja", target_rate=0)
     with pytest.raises(ValueError, match="start="):
         create_attack("hsja").attack(defense, x, 1, target=2)
     with pytest.raises(ValueError, match="mode"):

@@ -10,7 +10,7 @@ back and the attack adapts:
   the gradient-estimation radius; Square: square size and count; SurFree: minimum
   angle; Boundary: minimum spherical step) and a probe, i.e. how it would perturb
   the input with a given knob value. A binary search finds the smallest value whose
-  probes are rejected at most ``target_rate`` of the time, and that value becomes
+  probes are rejected less often than ``target_rate``, and that value becomes
   the knob's floor.
 - Stage 2, in the loop: :meth:`Attack.accepted` redraws rejected proposals (up to
   ``max_resamples`` rounds) so estimates use accepted directions only; a rejected
@@ -133,8 +133,9 @@ class Attack:
                  first_turn: float = 1.0, seed: int = 0) -> None:
         if eps <= 0:
             raise ValueError(f"eps must be positive, got {eps}.")
-        if not 0 <= target_rate < 1:
-            raise ValueError(f"target_rate must be in [0, 1), got {target_rate}.")
+        if not 0 < target_rate < 1:
+            raise ValueError(f"target_rate is the share of stage 1's probes that may be rejected, in (0, 1) (a value "
+                             f"passes when fewer are), got {target_rate}.")
         if not 0 < first_turn <= 1:
             raise ValueError(f"first_turn is a fraction of the floor in (0, 1], got {first_turn}.")
         self.first_turn = first_turn  # a rejected search midpoint's first redraw turns by this times the floor
