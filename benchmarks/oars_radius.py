@@ -5,8 +5,9 @@ Why: OARS stage 1 measures its floors around the input, but a decision-based att
 its iterate, a blend of input and start image near the boundary. Where the two differ, stage 1's floor is not
 the radius the defense lets through where the attack works. This script finds the near-boundary point with an
 undefended HopSkipJump run of ``--walk`` queries, then, with the defense's history holding only the centre,
-queries ``--probes`` probes at each radius (pixel-wise Gaussian directions, HSJA's untiled ones) around each
-centre and counts the rejections. The smallest radius from which on probes are rejected less than 5% of the time is stage 1's criterion
+queries ``--probes`` probes at each radius around each centre and counts the rejections. The probes' directions
+are HSJA's: Gaussian, constant on ``--tiles`` square tiles of pixels (1, HSJA's default, is pixel noise).
+The smallest radius from which on probes are rejected less than 5% of the time is stage 1's criterion
 (``dpplat.audits.attacks.stage1.search_knob``).
 
     python benchmarks/oars.py --dataset mnist --images 8 ...         # a run: its target and images
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from dpplat.audits.attacks.base import create_attack, unit
+from dpplat.audits.attacks.tiles import tiled_normal
 from dpplat.audits.defense_audit import DefenseAuditConfig, _build_defense, image_pool, load_target
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +43,7 @@ def near_boundary(config: DefenseAuditConfig, model, image: dict, x: torch.Tenso
 
 
 def rejection_rates(defense, centre: torch.Tensor, radii, probes: int, seed: list[int],
-                    generator: torch.Generator) -> list[float]:
+                    generator: torch.Generator, tile: int = 1) -> list[float]:
     """Per radius: the share of ``probes`` probes around ``centre`` rejected by a history of the centre alone
     (and the probes before them at that radius, as in stage 1)."""
     rates = []
@@ -49,7 +51,8 @@ def rejection_rates(defense, centre: torch.Tensor, radii, probes: int, seed: lis
         defense.reseed(seed)  # the image's salt, as in the audit
         defense.reset()
         defense.query(centre.unsqueeze(0))
-        points = (centre + radius * unit(torch.randn((probes, *centre.shape), generator=generator))).clamp(0, 1)
+        directions = unit(tiled_normal(probes, tuple(centre.shape), tile, generator))
+        points = (centre + radius * directions).clamp(0, 1)
         rejected = defense.query(points).rejected
         rates.append(int(rejected.sum()) / len(rejected))
     return rates
@@ -74,6 +77,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--defenses", default="blacklight,piha")
     parser.add_argument("--radii", default=",".join(map(str, RADII)), help="comma list of L2 probe radii")
     parser.add_argument("--probes", type=int, default=40)
+    parser.add_argument("--tiles", default="1", help="comma list of tile sizes in pixels for the probes' directions")
     parser.add_argument("--walk", type=int, default=20_000, help="queries of the undefended run that finds the "
                         "near-boundary point")
     parser.add_argument("--out", default=None, help="write the Markdown table here")
@@ -85,6 +89,7 @@ def main(argv=None) -> list[dict]:
     torch.set_num_threads(1)
     defenses = args.defenses.split(",")
     radii = [float(r) for r in args.radii.split(",")]
+    tiles = [int(t) for t in args.tiles.split(",")]
     config = DefenseAuditConfig(dataset=args.dataset, defenses=defenses, attacks=["hsja"])
     config.validate()
     model = load_target(workdir / "target.pt")
@@ -102,21 +107,23 @@ def main(argv=None) -> list[dict]:
         away = float((point - x[image["index"]]).norm()) / d ** 0.5
         for name in defenses:
             defense = _build_defense(name, model, config, workdir)
-            generator = torch.Generator().manual_seed(config.seed + image["index"])
-            for centre_name, centre in (("input", x[image["index"]]), ("near the boundary", point)):
-                rates = rejection_rates(defense, centre, radii, args.probes, [config.seed, image["index"]], generator)
-                rows.append({"position": position, "index": image["index"], "defense": name, "centre": centre_name,
-                             "distance": 0.0 if centre_name == "input" else away, "rates": rates,
-                             "passing": smallest_passing(radii, rates)})
+            for tile in tiles:
+                generator = torch.Generator().manual_seed(config.seed + image["index"])
+                for centre_name, centre in (("input", x[image["index"]]), ("near the boundary", point)):
+                    rates = rejection_rates(defense, centre, radii, args.probes, [config.seed, image["index"]],
+                                            generator, tile)
+                    rows.append({"position": position, "index": image["index"], "defense": name, "tile": tile,
+                                 "centre": centre_name, "distance": 0.0 if centre_name == "input" else away,
+                                 "rates": rates, "passing": smallest_passing(radii, rates)})
     lines = [f"{args.dataset}: rejection rate of {args.probes} probes at each L2 radius, the history holding the "
              f"centre alone; the near-boundary point from {args.walk:,} undefended HSJA queries "
              "(its L2/sqrt(d) distance to the input in brackets)", "",
-             "| image | defense | centre | " + " | ".join(f"{r:g}" for r in radii) + " | smallest below 5% |",
-             "|---|---|---|" + "---|" * (len(radii) + 1)]
+             "| image | defense | tile | centre | " + " | ".join(f"{r:g}" for r in radii) + " | smallest below 5% |",
+             "|---|---|---|---|" + "---|" * (len(radii) + 1)]
     for row in rows:
         centre = row["centre"] + (f" ({row['distance']:.4f})" if row["distance"] else "")
         passing = "-" if row["passing"] is None else f"{row['passing']:g}"
-        lines.append(f"| {row['index']} | {row['defense']} | {centre} | "
+        lines.append(f"| {row['index']} | {row['defense']} | {row['tile']} | {centre} | "
                      + " | ".join(f"{100 * r:.0f}%" for r in row["rates"]) + f" | {passing} |")
     table = "\n".join(lines)
     print(table)
