@@ -30,8 +30,8 @@ class RadiusDefense(StatefulDefense):
         self.stored.append(digests[i])
 
 
-class RejectAfter(StatefulDefense):
-    """Accepts the first ``n`` queries, rejects everything after."""
+class CountRule(StatefulDefense):
+    """A defense with no memory of images: whether a query is rejected depends only on ``n`` and a count."""
 
     def __init__(self, model, *, input_shape, n, **kw):
         super().__init__(model, input_shape=input_shape, **kw)
@@ -42,26 +42,20 @@ class RejectAfter(StatefulDefense):
 
     def _digest(self, x):
         return None
-
-    def _lookup(self, digests, i):
-        return self.stats.queries > self.n, None
 
     def _remember(self, digests, i):
         pass
 
 
-class RejectFirstOfBatch(StatefulDefense):
+class RejectAfter(CountRule):
+    """Accepts the first ``n`` queries, rejects everything after."""
+
+    def _lookup(self, digests, i):
+        return self.stats.queries > self.n, None
+
+
+class RejectFirstOfBatch(CountRule):
     """Rejects the first ``n`` queries of every batch and nothing else: a share of stage 1's probes a test sets."""
-
-    def __init__(self, model, *, input_shape, n, **kw):
-        super().__init__(model, input_shape=input_shape, **kw)
-        self.n = n
-
-    def _clear(self):
-        pass
-
-    def _digest(self, x):
-        return None
 
     def _begin(self, digests):
         self._in_batch = 0
@@ -69,9 +63,6 @@ class RejectFirstOfBatch(StatefulDefense):
     def _lookup(self, digests, i):
         self._in_batch += 1
         return self._in_batch <= self.n, None
-
-    def _remember(self, digests, i):
-        pass
 
 
 def setting(name, mnist_model, mnist_test, i):
