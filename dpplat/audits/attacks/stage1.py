@@ -59,8 +59,8 @@ def search_knob(attack: Attack, oracle: Oracle, x: torch.Tensor, knob: Knob, flo
 
     The share is a float64 quotient, which rounds as the target written as a number does: as a float32 mean,
     k rejections of n rounded to either side of it (1 of 20 came out above 5%, 5 of 20 exactly at 25%), so
-    whether a share equal to the target passed depended on the numbers. "Below" is what every measurement so far used at the default 5% of 20 probes:
-    none of them rejected."""
+    whether a share equal to the target passed depended on the numbers. "Below" is what every measurement so
+    far used at the default 5% of 20 probes: none of them rejected."""
     attack.floors = floors
     around = x
     if knob.base is not None:
@@ -70,7 +70,7 @@ def search_knob(attack: Attack, oracle: Oracle, x: torch.Tensor, knob: Knob, flo
     def passes(value: float) -> bool:
         probes = knob.probe(attack, x, around, value, attack.probes, attack.rng).clamp(0, 1)
         _, rejected = oracle.scores(probes)
-        return int(rejected.sum()) / len(rejected) < attack.target_rate  # k / n rounds as the rate k / n written out
+        return int(rejected.sum()) / len(rejected) < attack.target_rate
 
     if not passes(knob.high):
         return None
