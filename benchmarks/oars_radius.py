@@ -95,6 +95,7 @@ def main(argv=None) -> list[dict]:
     model = load_target(workdir / "target.pt")
     chosen = json.loads((workdir / "images.json").read_text())
     x, _ = image_pool(config)
+    built = {name: _build_defense(name, model, config, workdir) for name in defenses}  # reseeded per probe set
     rows = []
     for position in (int(p) for p in args.positions.split(",")):
         if not 0 <= position < len(chosen):
@@ -102,14 +103,13 @@ def main(argv=None) -> list[dict]:
         image = chosen[position]
         if image["start_targeted"] is None:
             raise SystemExit(f"oars_radius.py: image {image['index']} has no targeted start image.")
-        point = near_boundary(config, model, image, x[image["index"]], x[image["start_targeted"]], args.walk, workdir)
-        d = x[image["index"]].numel()
-        away = float((point - x[image["index"]]).norm()) / d ** 0.5
-        for name in defenses:
-            defense = _build_defense(name, model, config, workdir)
+        original = x[image["index"]]
+        point = near_boundary(config, model, image, original, x[image["start_targeted"]], args.walk, workdir)
+        away = float((point - original).norm()) / original.numel() ** 0.5
+        for name, defense in built.items():
             for tile in tiles:
                 generator = torch.Generator().manual_seed(config.seed + image["index"])
-                for centre_name, centre in (("input", x[image["index"]]), ("near the boundary", point)):
+                for centre_name, centre in (("input", original), ("near the boundary", point)):
                     rates = rejection_rates(defense, centre, radii, args.probes, [config.seed, image["index"]],
                                             generator, tile)
                     rows.append({"position": position, "index": image["index"], "defense": name, "tile": tile,
