@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -16,9 +17,13 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--config", help="a TOML recipe (models/*.toml); flags given here override it")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10"])
     p.add_argument("--model", help="a name from the zoo (dpplat.models.available())")
-    p.add_argument("--epsilon", type=float, help="target epsilon: the budget the run never exceeds")
-    p.add_argument("--delta", type=float)
-    p.add_argument("--sigma", type=float, help="noise multiplier instead of calibrating it from --epsilon")
+    p.add_argument("--epsilon", type=float, help="target epsilon: the budget the run never exceeds "
+                                                 "('inf' with --sigma: no budget)")
+    p.add_argument("--delta", type=float, help="target delta (default 1e-5); must be below 1/N")
+    p.add_argument("--allow-large-delta", action="store_true", default=None,
+                   help="accept delta >= 1/N (a guarantee that allows publishing a whole example) with a warning")
+    p.add_argument("--sigma", type=float, help="noise multiplier instead of calibrating it from --epsilon "
+                                               "(0 trains WITHOUT privacy and needs --epsilon inf)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="expected batch size (Poisson sampling rate = B / N)")
     p.add_argument("--max-grad-norm", type=float, help="total clipping bound C")
@@ -55,7 +60,7 @@ def train_config_from_args(args: argparse.Namespace):
     overrides = {k: getattr(args, k) for k in (
         "dataset", "model", "epsilon", "delta", "sigma", "epochs", "batch_size", "max_grad_norm", "clipping",
         "accountant", "optimizer", "lr", "momentum", "seed", "subset", "test_subset", "secure_mode", "name", "data_dir",
-        "augmult", "ema_decay", "data_norm_noise", "data_norm_clip", "device",
+        "augmult", "ema_decay", "data_norm_noise", "data_norm_clip", "device", "allow_large_delta",
     )}
     if args.config:
         return TrainConfig.from_toml(args.config, **overrides)
@@ -63,10 +68,18 @@ def train_config_from_args(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from dpplat.interrupts import graceful_stop
     from dpplat.store import RunStore
     from dpplat.training import train
 
-    config = train_config_from_args(args)
+    if args.resume is not None:
+        given = [k for k, v in vars(args).items() if v is not None and k not in
+                 ("command", "resume", "store", "quiet", "nproc")]
+        if given:
+            raise ValueError(f"--resume continues a run with its stored settings; drop {', '.join('--' + k.replace('_', '-') for k in given)}.")
+        config = None
+    else:
+        config = train_config_from_args(args)
     if args.nproc > 1:
         from dpplat.distributed import launch
 
@@ -77,12 +90,23 @@ def _train(args: argparse.Namespace) -> int:
         launch(config, str(store_path), args.nproc, quiet=args.quiet)
         return 0
     store = RunStore(args.store or default_store_path())
-    with warnings.catch_warnings(record=True) as caught:
+    resume_hint = lambda run_id: f"dpplat train --resume {run_id} --store {store.path.resolve()}"  # noqa: E731
+    with warnings.catch_warnings(record=True) as caught, graceful_stop() as stop:
         warnings.simplefilter("always")
         try:
-            result = train(config, store=store, quiet=args.quiet, resume=args.resume)
+            result = train(config, store=store, quiet=args.quiet, resume=args.resume, stop=stop)
+        except KeyboardInterrupt as err:
+            run_id = getattr(err, "dpplat_run_id", None)
+            where = f"; resume with: {resume_hint(run_id)}" if run_id is not None else ""
+            print(f"dpplat train: interrupted{where}", file=sys.stderr)
+            return stop.exit_code
         finally:
             _print_warnings(caught)
+    if result.status == "interrupted":
+        print(f"dpplat train: run {result.run_id} interrupted by {stop.reason} at step {result.steps}, epsilon spent "
+              f"{result.epsilon:.3f} (delta {result.delta:g}); a checkpoint was written.\n"
+              f"Resume with: {resume_hint(result.run_id)}", file=sys.stderr)
+        return stop.exit_code
     if args.quiet:
         print(f"run {result.run_id}: accuracy {result.accuracy:.4f}, epsilon {result.epsilon:.3f} (delta {result.delta:g}), "
               f"status {result.status}, store {result.store_path.resolve()}")
@@ -92,6 +116,8 @@ def _train(args: argparse.Namespace) -> int:
     print()
     if result.status == "budget_exhausted":
         print(f"Training stopped early: the privacy budget epsilon = {config.epsilon} was reached.")
+    if not math.isfinite(result.epsilon):
+        print("!!! This run added no noise: it is NOT differentially private. !!!")
     print(f"Test accuracy: {result.accuracy:.2%}   epsilon spent: {result.epsilon:.3f} (delta = {result.delta:g})   "
           f"steps: {result.steps}   time: {result.seconds:.0f}s")
     print(f"Run {result.run_id} stored in {result.store_path.resolve()}")
@@ -165,19 +191,17 @@ def _add_audit_parser(sub) -> None:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    import dataclasses
-    import math
-
     if args.verb == "estimate":
         from dpplat.audits import estimate_epsilon
 
         methods = ["bayes", "clopper-pearson"] if args.method == "both" else [args.method]
+        estimates = [(method, estimate_epsilon(args.fp, args.fn, args.negatives, args.positives, args.delta,
+                                               args.confidence, method=method, prior=args.prior))
+                     for method in methods]  # all computed (and the inputs checked) before anything is printed
         print(f"FP {args.fp}/{args.negatives}, FN {args.fn}/{args.positives}, delta {args.delta:g}, "
               f"confidence {args.confidence:g}")
         print(f"{'method':<18}{'low':>10}{'high':>10}{'width':>10}{'one-sided lower bound':>24}")
-        for method in methods:
-            r = estimate_epsilon(args.fp, args.fn, args.negatives, args.positives, args.delta,
-                                 args.confidence, method=method, prior=args.prior)
+        for method, r in estimates:
             label = f"bayes ({args.prior})" if method == "bayes" else method
             print(f"{label:<18}{r.low:>10.4f}{r.high:>10.4f}{r.width:>10.4f}{r.lower_bound:>24.4f}")
         return 0
@@ -185,13 +209,15 @@ def _audit(args: argparse.Namespace) -> int:
     from dpplat.audits.defense_audit import DefenseAuditConfig, format_table
     from dpplat.audits.mia import MIAConfig, format_report
     from dpplat.audits.plans import parse_epsilon, load_plan, run_and_store
+    from dpplat.interrupts import graceful_stop
     from dpplat.store import RunStore
     from dpplat.training import TrainConfig
 
+    plan = load_plan(args.plan) if args.verb == "run" else None  # a bad plan is refused before the store is touched
     store = RunStore(args.store or default_store_path())
     run_id = None
     if args.verb == "run":
-        config = load_plan(args.plan)
+        config = plan
         if args.backend:
             config.backend = args.backend
     elif args.verb == "oars":
@@ -201,8 +227,7 @@ def _audit(args: argparse.Namespace) -> int:
         config = MIAConfig()
         if args.run is not None:
             run = store.get_run(args.run)
-            fields = {f.name for f in dataclasses.fields(TrainConfig)}
-            config.train = TrainConfig(**{k: v for k, v in run.config.items() if k in fields})
+            config.train = TrainConfig.from_stored(run.config)
             config.dataset = run.dataset
             config.epsilon = run["target_epsilon"] if run["target_epsilon"] else math.inf
             config.delta = run.delta or config.delta
@@ -217,7 +242,15 @@ def _audit(args: argparse.Namespace) -> int:
             config.train.model = args.model
         if args.epochs is not None:
             config.train.epochs = args.epochs
-    audit_id, results = run_and_store(config, store, run_id=run_id, progress=lambda m: print(m, file=sys.stderr))
+    config.validate()
+    with graceful_stop(immediate=True) as stop:
+        try:
+            audit_id, results = run_and_store(config, store, run_id=run_id,
+                                              progress=lambda m: print(m, file=sys.stderr))
+        except KeyboardInterrupt:
+            print(f"dpplat audit: interrupted by {stop.reason}; the audit is recorded as interrupted, and running the "
+                  "same command again resumes it from its finished work files.", file=sys.stderr)
+            return stop.exit_code
     print(format_table(results) if isinstance(config, DefenseAuditConfig) else format_report(results))
     print(f"Audit {audit_id} stored in {store.path.resolve()}")
     return 0
@@ -245,6 +278,35 @@ def _defense_audit_config(args: argparse.Namespace, store):
     return config
 
 
+def _add_runs_parser(sub) -> None:
+    p = sub.add_parser("runs", help="list the store's runs and audits, with their status (a dead owner's show as interrupted)")
+    p.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
+
+
+def _runs(args: argparse.Namespace) -> int:
+    """The store's runs and audits; ``running`` only while their process lives (see ``store.live_status``)."""
+    from dpplat.store import RunStore
+
+    store = RunStore(args.store or default_store_path(), read_only=True)
+    number = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    print(f"{'run':>5}  {'status':<17}{'model':<18}{'dataset':<15}{'epsilon':>9}{'budget':>8}{'steps':>7}"
+          f"{'spent':>7}{'accuracy':>10}")
+    for run in store.runs():
+        print(f"{run.id:>5}  {run.status:<17}{run.model:<18}{run.dataset:<15}{number(run.epsilon, '.3f'):>9}"
+              f"{number(run['target_epsilon'], 'g'):>8}{run['steps'] or 0:>7}{run['spent_steps']:>7}"
+              f"{number(run.accuracy, '.2%'):>10}")
+    audits = store.audits()
+    if audits:
+        print(f"\n{'audit':>5}  {'status':<17}{'kind':<8}{'run':>5}")
+        for audit in audits:
+            print(f"{audit['id']:>5}  {audit['status']:<17}{audit['kind']:<8}{number(audit['run_id'], 'd'):>5}")
+    interrupted = [run.id for run in store.runs() if run.status == "interrupted"]
+    if interrupted:
+        print(f"\nResume an interrupted run with: dpplat train --resume RUN_ID --store {store.path.resolve()} "
+              f"(interrupted: {', '.join(map(str, interrupted))})")
+    return 0
+
+
 def _add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="train MNIST under a budget, audit it, and say how to open the dashboard")
     p.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
@@ -262,9 +324,11 @@ def _demo(args: argparse.Namespace) -> int:
     from dpplat.store import RunStore
     from dpplat.training import TrainConfig, train
 
-    store = RunStore(args.store or default_store_path())
     config = TrainConfig(dataset="mnist", model="cnn", epsilon=2.0, delta=1e-5, epochs=args.epochs, batch_size=512,
                          max_grad_norm=0.1, lr=4.0, subset=args.subset, name="demo")
+    audit = MIAConfig(dataset="mnist", epsilon=2.0, delta=1e-5, models=args.audit_models, challenges=128,
+                      base_size=1000, train=TrainConfig(**{**config.__dict__, "subset": None, "name": None}))
+    store = RunStore(args.store or default_store_path())  # both configs are checked before the store is touched
     print("== 1/3 Training a CNN on MNIST under (epsilon = 2, delta = 1e-5)", flush=True)
     result = train(config, store=store)
     print(result.statement)
@@ -273,8 +337,6 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"Run {result.run_id} stored in {store.path.resolve()}\n")
     print(f"== 2/3 Auditing it: {args.audit_models} models with the run's hyper-parameters, mislabelled canaries",
           flush=True)
-    audit = MIAConfig(dataset="mnist", epsilon=2.0, delta=1e-5, models=args.audit_models, challenges=128,
-                      base_size=1000, train=TrainConfig(**{**config.__dict__, "subset": None, "name": None}))
     _, results = run_and_store(audit, store, run_id=result.run_id, progress=lambda m: print(m, flush=True))
     print(format_report(results))
     command = f"{Path(sys.executable).parent / 'dpplat'} dashboard --store {store.path.resolve()}"
@@ -322,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_audit_parser(sub)
     _add_dashboard_parser(sub)
+    _add_runs_parser(sub)
     _add_demo_parser(sub)
     return parser
 
@@ -333,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Opacus's RDP conversion hint (also raised inside the PRV accountant) says nothing a user can act on.
     warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-    handlers = {"train": _train, "audit": _audit, "dashboard": _dashboard, "demo": _demo}
+    handlers = {"train": _train, "audit": _audit, "dashboard": _dashboard, "runs": _runs, "demo": _demo}
     try:
         return handlers[args.command](args)
     except (ValueError, StoreError, DatasetError, FileNotFoundError, KeyError, RankFailed) as err:
@@ -341,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dpplat {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"dpplat {args.command}: interrupted; resume with --resume RUN_ID", file=sys.stderr)
+        print(f"dpplat {args.command}: interrupted", file=sys.stderr)
         return 130
 
 

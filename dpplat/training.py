@@ -1,14 +1,17 @@
 """The training loop behind ``dpplat train``: data -> Poisson sampler -> model -> fused DP-SGD -> store.
 
 Kept apart from the CLI so that audits (which train many models) and examples call
-the same loop. The store is told about every step *before* it is taken, so a run
-that crashes after its last checkpoint resumes with those steps still counted:
-epsilon is never under-reported after a crash.
+the same loop. The store counts every step *before* it is taken, and a resumed run
+rebuilds its accountant from that count (:mod:`dpplat.resume`), so a run that
+crashes after its last checkpoint resumes with those steps still counted: epsilon
+is never under-reported after a crash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,9 +25,13 @@ from dpplat import data as datasets
 from dpplat import models
 from dpplat.augment import WeightEMA, make_views
 from dpplat.devices import model_device, resolve_device
+from dpplat.checkpoints import CheckpointIdentity, checkpoint_path
+from dpplat.config_checks import check_choice, check_range, check_types
 from dpplat.engine import PrivacyEngine
-from dpplat.engine.accounting import check_budget
+from dpplat.engine.accounting import ACCOUNTANTS, check_budget, check_noise_multiplier
 from dpplat.fixed_stem import fixed_stem, release_feature_statistics, stem_features, trained_part
+from dpplat.interrupts import StopRequest
+from dpplat.resume import resumable_config, resume_run
 from dpplat.store import RunStore
 from dpplat.tomlfile import read_toml
 
@@ -35,7 +42,9 @@ class TrainConfig:
 
     ``epsilon`` is the budget: with ``sigma`` unset, sigma is calibrated so that
     ``epochs`` epochs spend exactly that; with ``sigma`` set, training stops before
-    the step that would exceed ``epsilon`` (if given).
+    the step that would exceed ``epsilon`` (if given; ``inf`` means no budget).
+    ``sigma = 0`` adds no noise: that run is not private and needs ``epsilon = inf``.
+    Every value is checked when the config is built (:meth:`validate`).
     """
 
     dataset: str = "mnist"
@@ -63,6 +72,7 @@ class TrainConfig:
     data_norm_noise: float = 8.0  # Tramer & Boneh's bn_noise_multiplier; *-datanorm and *-centered models release statistics
     data_norm_clip: float = 3.0
     device: str = "cpu"  # where the model, batches and noise live: cpu, cuda, cuda:N or auto
+    allow_large_delta: bool = False  # let delta >= 1/N through (with a warning) instead of refusing it
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -76,32 +86,61 @@ class TrainConfig:
         known.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**known, extra={**extra, **known.pop("extra", {})})
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @staticmethod
+    def flag(name: str) -> str:
+        """How a message names a field: the recipe key and the ``dpplat train`` flag."""
+        return f"{name} (--{name.replace('_', '-')})"
+
+    @property
+    def budget(self) -> float | None:
+        """The epsilon the run may not exceed; None when there is none (``epsilon`` unset or infinite)."""
+        return self.epsilon if self.epsilon is not None and math.isfinite(self.epsilon) else None
+
     def validate(self) -> None:
-        if self.epsilon is None and self.sigma is None:
-            raise ValueError("give a budget (--epsilon) or a noise multiplier (--sigma).")
-        if self.sigma is not None and self.sigma < 0:
-            raise ValueError(f"--sigma must be >= 0, got {self.sigma}.")
-        check_budget(self.epsilon, self.delta)
-        if self.epochs <= 0:
-            raise ValueError(f"--epochs must be positive, got {self.epochs}.")
-        if self.batch_size <= 0:
-            raise ValueError(f"--batch-size must be positive, got {self.batch_size}.")
-        if self.augmult < 1:
-            raise ValueError(f"--augmult must be at least 1, got {self.augmult}.")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(f"--ema-decay must be in (0, 1), got {self.ema_decay}.")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"--optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
+        """Types, ranges and the combinations that make sense; run whenever a config is built."""
+        check_types(self, label=self.flag, allow_infinite=("epsilon",))
+        flag = self.flag
+        if self.sigma is not None:
+            check_noise_multiplier(self.sigma)
+        if self.sigma is None and self.budget is None:
+            raise ValueError("give a budget (--epsilon) or a noise multiplier (--sigma); an infinite --epsilon needs "
+                             "--sigma (--sigma 0 --epsilon inf trains without privacy).")
+        if self.sigma == 0 and self.budget is not None:
+            raise ValueError(f"--sigma 0 adds no noise, so no epsilon budget (--epsilon {self.epsilon:g}) can hold. "
+                             "Give --sigma > 0 or only --epsilon; to train without privacy on purpose, pass "
+                             "--sigma 0 --epsilon inf.")
+        if self.epsilon is not None and not self.epsilon > 0:
+            raise ValueError(f"{flag('epsilon')} must be > 0 (or inf with --sigma for no budget), got {self.epsilon}.")
+        check_budget(self.budget, self.delta)
+        for name in ("epochs", "batch_size", "augmult", "subset", "test_subset"):
+            check_range(flag(name), getattr(self, name), low=1)
+        for name in ("max_grad_norm", "lr", "data_norm_noise", "data_norm_clip"):
+            check_range(flag(name), getattr(self, name), low=0, low_open=True)
+        check_range(flag("momentum"), self.momentum, low=0, high=1, high_open=True)
+        check_range(flag("seed"), self.seed, low=0)
+        check_range(flag("log_every"), self.log_every, low=0)
+        check_range(flag("ema_decay"), self.ema_decay, low=0, high=1, low_open=True, high_open=True)
+        check_choice(flag("clipping"), self.clipping, ("per_layer", "flat"))
+        check_choice(flag("accountant"), self.accountant, ACCOUNTANTS)
+        check_choice(flag("optimizer"), self.optimizer, ("sgd", "adam"))
+        check_choice(flag("dataset"), self.dataset, datasets.DATASETS)
+        models.info(self.model)  # an unknown model is named here, with the zoo's names
         resolve_device(self.device)
-        if not self.data_norm_noise > 0 or not self.data_norm_clip > 0:
-            raise ValueError(f"--data-norm-noise and --data-norm-clip must be > 0, got {self.data_norm_noise} and "
-                             f"{self.data_norm_clip}.")
+
+    @classmethod
+    def from_stored(cls, stored: dict) -> "TrainConfig":
+        """The config a run store recorded (it also holds keys that are not fields, such as the model family)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in names})
 
 
 @dataclass
 class TrainResult:
     run_id: int
-    accuracy: float
+    accuracy: float | None  # None when the run was interrupted before its final evaluation
     epsilon: float
     delta: float
     steps: int
@@ -160,7 +199,7 @@ def make_private_model(config: TrainConfig, train_set) -> tuple[torch.nn.Module,
     returned model is the whole model, whose head the private optimizer updates in place. A
     ``DataNorm`` or ``DataCentering`` head gets its statistics here, and the engine composes their release.
     """
-    config.validate()  # the engine warns when delta > 1/N
+    config.validate()
     model, trained, train_set = model_for_training(config, train_set)
     engine = PrivacyEngine(accountant=config.accountant, secure_mode=config.secure_mode)
     release_feature_statistics(model, train_set, config, engine)
@@ -168,12 +207,15 @@ def make_private_model(config: TrainConfig, train_set) -> tuple[torch.nn.Module,
     loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True)
     generator = torch.Generator(model_device(model)).manual_seed(config.seed + 1)
     common = dict(module=trained, optimizer=optimizer, data_loader=loader, max_grad_norm=config.max_grad_norm,
-                  clipping=config.clipping, noise_generator=None if config.secure_mode else generator)
+                  clipping=config.clipping, noise_generator=None if config.secure_mode else generator,
+                  allow_large_delta=config.allow_large_delta)
     if config.sigma is None:
         triple = engine.make_private_with_epsilon(
-            target_epsilon=config.epsilon, target_delta=config.delta, epochs=config.epochs, **common)
+            target_epsilon=config.budget, target_delta=config.delta, epochs=config.epochs, **common)
     else:
-        budget = dict(target_epsilon=config.epsilon, target_delta=config.delta) if config.epsilon else {}
+        if config.budget is None:  # no budget: delta is still checked against the dataset's size
+            check_budget(None, config.delta, len(train_set), allow_large_delta=config.allow_large_delta)
+        budget = dict(target_epsilon=config.budget, target_delta=config.delta) if config.budget is not None else {}
         triple = engine.make_private(noise_multiplier=config.sigma, **common, **budget)
     return model, engine, triple
 
@@ -217,16 +259,20 @@ def train(
     resume: int | None = None,
     train_set=None,
     main_process: bool = True,
+    stop: StopRequest | None = None,
 ) -> TrainResult:
     """Train one model under ``config``, recording the run in ``store``; ``resume`` continues a stored run.
 
-    In data-parallel training every rank runs this loop; only the ``main_process`` (rank 0)
-    evaluates and writes checkpoints, and the others get a :class:`NullStore`.
+    Before each step the store's count of started steps goes up, so whatever stops the process,
+    the steps it took stay charged. A resumed run rebuilds its accountant from that count
+    (:mod:`dpplat.resume`). When ``stop`` is set (SIGINT or SIGTERM, see
+    :mod:`dpplat.interrupts`) the loop ends between steps with a checkpoint and status
+    ``interrupted``. In data-parallel training every rank runs this loop; only the
+    ``main_process`` (rank 0) evaluates and writes checkpoints, and the others get a :class:`NullStore`.
     """
     started = time.time()
     if resume is not None:
-        stored = store.get_run(resume)
-        config = TrainConfig(**{k: v for k, v in stored.config.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+        config = resumable_config(store, resume)
     torch.manual_seed(config.seed)
     if train_set is None:
         train_set = datasets.load_dataset(config.dataset, "train", data_dir=config.data_dir, subset=config.subset, seed=config.seed)
@@ -235,25 +281,23 @@ def train(
 
     steps_per_epoch = len(dp_loader)
     total_steps = steps_per_epoch * config.epochs
+    device = model_device(model)
+    ema = WeightEMA(model, build_model(config).to(device), config.ema_decay) if config.ema_decay else None
     if resume is None:
         run_id = store.create_run(
             dataset=config.dataset, model=config.model, name=config.name,
             config={**dataclasses.asdict(config), "family": models.info(config.model).family},
             noise_multiplier=dp_opt.noise_multiplier, max_grad_norm=dp_model.sensitivity, clipping=config.clipping,
             sample_rate=engine.sample_rate, batch_size=config.batch_size, dataset_size=len(train_set),
-            accountant=config.accountant, target_epsilon=config.epsilon, delta=config.delta,
+            accountant=config.accountant, target_epsilon=config.budget, delta=config.delta,
         )
+        if main_process:
+            store.add_artifact(kind="checkpoint", path=checkpoint_path(store, run_id), run_id=run_id)
         done_steps = 0
     else:
         run_id = resume
-        done_steps = _resume(engine, store, run_id)
-    checkpoint = store.path.resolve().parent / "dpplat-work" / "runs" / f"run-{run_id}" / "checkpoint.pt"
-    if resume is None:
-        store.add_artifact(kind="checkpoint", path=checkpoint, run_id=run_id)
-    device = model_device(model)
-    ema = WeightEMA(model, build_model(config).to(device), config.ema_decay) if config.ema_decay else None
-    if ema is not None and resume is not None:
-        ema.model.load_state_dict(_checkpoint_extra(store, run_id)["ema"])
+        done_steps = resume_run(store, run_id, config, engine, dp_loader, ema)
+    checkpoint = checkpoint_path(store, run_id) if main_process else None
     dp_model.augmentation_multiplicity = config.augmult
     info = datasets.DATASETS[config.dataset]
     view_rng = torch.Generator().manual_seed(config.seed + 2)
@@ -261,63 +305,79 @@ def train(
     if stem is not None and main_process:  # evaluate the head on the test images' features, computed once
         test_set = stem_features(stem, test_set)
     evaluated = lambda: evaluate(trained_part(ema.model if ema is not None else model, stem), test_set) if main_process else None  # noqa: E731
-    saved = lambda: {"step": step, **({"ema": ema.model.state_dict()} if ema is not None else {})}  # noqa: E731
+
+    def save() -> None:
+        if not main_process:
+            return
+        identity = CheckpointIdentity(store.store_id, run_id, step, engine.steps_taken)
+        engine.save_checkpoint(checkpoint, extra={"step": step, "identity": identity.as_dict(),
+                                                  **({"ema": ema.model.state_dict()} if ema is not None else {})})
+        store.record_checkpoint(run_id, step)
+
     log_every = config.log_every or max(1, total_steps // 50)
     bar = _progress(total_steps, quiet or not main_process)
     if bar is not None:
         bar.update(done_steps)
     status, message = "finished", None
     step = done_steps
-    try:
-        while step < total_steps and status == "finished":
-            for x, y in dp_loader:
-                if step >= total_steps:
-                    break
-                if engine.steps_remaining is not None and engine.steps_remaining <= 0:
-                    status = "budget_exhausted"
-                    message = f"stopped before step {step + 1}: it would exceed epsilon = {config.epsilon}"
-                    break
-                store.update_run(run_id, steps=step + 1)  # counted before it is taken
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                dp_opt.zero_grad()
-                if config.augmult > 1:  # K views per example, averaged before clipping: same privacy cost
-                    x = make_views(x, config.augmult, pad=info.size // 8, flip=config.dataset == "cifar10",
-                                   generator=view_rng)
-                    y = y.repeat_interleave(config.augmult)
-                out = dp_model(x)
-                loss = F.cross_entropy(out, y)
-                loss.backward()
-                dp_opt.step()
-                if ema is not None:
-                    ema.update(model)
-                step += 1
-                if step % log_every == 0 or step == total_steps:
-                    eps = engine.get_epsilon(config.delta)
-                    batch_acc = (out.argmax(1) == y).float().mean().item() if len(y) else None
-                    store.log_step(run_id, step, epsilon=eps, loss=loss.item(), accuracy=batch_acc)
+    with store.heartbeat("runs", run_id):
+        try:
+            while step < total_steps and status == "finished":
+                for x, y in dp_loader:
+                    if step >= total_steps:
+                        break
+                    if stop is not None and stop.is_set():
+                        status, message = "interrupted", f"stopped by {stop.reason} before step {step + 1}"
+                        break
+                    if engine.steps_remaining is not None and engine.steps_remaining <= 0:
+                        status = "budget_exhausted"
+                        message = f"stopped before step {step + 1}: it would exceed epsilon = {config.epsilon}"
+                        break
+                    store.charge_step(run_id, engine.steps_taken + 1, step + 1)  # counted before it is taken
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    dp_opt.zero_grad()
+                    if config.augmult > 1:  # K views per example, averaged before clipping: same privacy cost
+                        x = make_views(x, config.augmult, pad=info.size // 8, flip=config.dataset == "cifar10",
+                                       generator=view_rng)
+                        y = y.repeat_interleave(config.augmult)
+                    out = dp_model(x)
+                    loss = F.cross_entropy(out, y)
+                    loss.backward()
+                    dp_opt.step()
+                    if ema is not None:
+                        ema.update(model)
+                    step += 1
+                    if step % log_every == 0 or step == total_steps:
+                        eps = engine.get_epsilon(config.delta)
+                        batch_acc = (out.argmax(1) == y).float().mean().item() if len(y) else None
+                        store.log_step(run_id, step, epsilon=eps, loss=loss.item(), accuracy=batch_acc)
+                        if bar is not None:
+                            bar.set_postfix(eps=f"{eps:.3f}", loss=f"{loss.item():.3f}")
                     if bar is not None:
-                        bar.set_postfix(eps=f"{eps:.3f}", loss=f"{loss.item():.3f}")
-                if bar is not None:
-                    bar.update(1)
-                if step % steps_per_epoch == 0:
-                    store.log_step(run_id, step, epsilon=engine.get_epsilon(config.delta), loss=loss.item(),
-                                   test_accuracy=evaluated())
-                    if main_process:
-                        engine.save_checkpoint(checkpoint, extra=saved())
-    except BaseException as err:
-        store.update_run(run_id, status="interrupted", message=f"{type(err).__name__}: {err}", epsilon=engine.get_epsilon(config.delta))
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    if main_process:
-        engine.save_checkpoint(checkpoint, extra=saved())
-    accuracy = evaluated()
-    epsilon = engine.get_epsilon(config.delta)
-    statement = str(engine.privacy_statement(config.delta))
-    store.log_step(run_id, step, epsilon=epsilon, test_accuracy=accuracy)
-    store.update_run(run_id, status=status, message=message, epsilon=epsilon, steps=step, accuracy=accuracy,
-                     statement=statement, finished_at=time.time())
+                        bar.update(1)
+                    if step % steps_per_epoch == 0:
+                        store.log_step(run_id, step, epsilon=engine.get_epsilon(config.delta), loss=loss.item(),
+                                       test_accuracy=evaluated())
+                        save()
+        except BaseException as err:
+            store.update_run(run_id, status="interrupted", message=f"{type(err).__name__}: {err}",
+                             epsilon=engine.get_epsilon(config.delta))
+            err.dpplat_run_id = run_id  # the CLI names the run in its resume hint
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        save()
+        epsilon = engine.get_epsilon(config.delta)
+        statement = str(engine.privacy_statement(config.delta))
+        if status == "interrupted":
+            store.update_run(run_id, status=status, message=message, epsilon=epsilon, steps=step, statement=statement)
+            return TrainResult(run_id, None, epsilon, config.delta, step, status, statement, time.time() - started,
+                               store.path, (ema.model if ema is not None else model).cpu())
+        accuracy = evaluated()
+        store.log_step(run_id, step, epsilon=epsilon, test_accuracy=accuracy)
+        store.update_run(run_id, status=status, message=message, epsilon=epsilon, steps=step, accuracy=accuracy,
+                         statement=statement, finished_at=time.time())
     return TrainResult(run_id, accuracy, epsilon, config.delta, step, status, statement, time.time() - started,
                        store.path, (ema.model if ema is not None else model).cpu())
 
@@ -337,26 +397,11 @@ class NullStore:
     def log_step(self, *_, **__) -> None:
         pass
 
+    def charge_step(self, *_, **__) -> None:
+        pass
+
     def add_artifact(self, **_) -> int:
         return 0
 
-
-def _checkpoint_extra(store: RunStore, run_id: int) -> dict:
-    path = store.artifacts(run_id, kind="checkpoint")[-1]["path"]
-    return torch.load(path, map_location="cpu", weights_only=False)["extra"]
-
-
-def _resume(engine: PrivacyEngine, store: RunStore, run_id: int) -> int:
-    """Load the run's checkpoint; steps the store saw begin after it are charged to the accountant too."""
-    paths = store.artifacts(run_id, kind="checkpoint")
-    if not paths or not Path(paths[-1]["path"]).is_file():
-        raise FileNotFoundError(f"run {run_id} has no checkpoint to resume from; start a new run instead.")
-    extra = engine.load_checkpoint(paths[-1]["path"])
-    checkpoint_steps = int(extra.get("step", engine.steps_taken))
-    started_steps = int(store.get_run(run_id)["steps"] or 0)
-    lost = max(0, started_steps - checkpoint_steps)
-    if lost:
-        # Steps that ran after the checkpoint released noisy updates we no longer have: count them.
-        engine.charge_steps(lost)
-    store.update_run(run_id, status="running", message=f"resumed at step {checkpoint_steps} ({lost} lost steps charged)")
-    return checkpoint_steps
+    def heartbeat(self, *_) -> contextlib.nullcontext:
+        return contextlib.nullcontext()

@@ -30,15 +30,15 @@ def test_train_writes_a_run_to_a_temporary_store(tmp_path, capsys):
 
 def test_sigma_with_budget_stops_before_exceeding(tmp_path, capsys):
     store = tmp_path / "runs.db"
-    code = main(["train", "--dataset", "mnist", "--model", "mlp", "--sigma", "0.6", "--epsilon", "1.0",
+    code = main(["train", "--dataset", "mnist", "--model", "mlp", "--sigma", "3.0", "--epsilon", "1.0",
                  "--delta", "1e-5", "--epochs", "5", "--batch-size", "256", "--subset", "1024",
                  "--test-subset", "200", "--store", str(store), "--accountant", "rdp"])
     out = capsys.readouterr().out
     assert code == 0 and "privacy budget epsilon = 1.0 was reached" in out
     run = RunStore(store).get_run(1)
-    assert run.status == "budget_exhausted" and run.epsilon <= 1.0
+    assert run.status == "budget_exhausted" and run.epsilon <= 1.0 and run["steps"] == 5
     over = create_accountant("rdp")
-    over.history = [(0.6, 0.25, run["steps"] + 1)]
+    over.history = [(3.0, 0.25, run["steps"] + 1)]
     assert over.get_epsilon(delta=1e-5) > 1.0
 
 
@@ -79,8 +79,8 @@ def test_resume_after_crash_counts_every_started_step(tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--epsilon", "0"], "epsilon must be a positive"),
-        (["--epsilon", "-2"], "epsilon must be a positive"),
+        (["--epsilon", "0"], "epsilon (--epsilon) must be > 0"),
+        (["--epsilon", "-2"], "epsilon (--epsilon) must be > 0"),
         (["--epsilon", "1", "--delta", "0"], "delta must be in"),
         (["--epsilon", "1", "--delta", "1.5"], "delta must be in"),
         (["--epsilon", "1", "--model", "resnet-1000"], "unknown model"),
@@ -103,11 +103,16 @@ def test_missing_data_file_and_corrupt_store(tmp_path, capsys):
     assert bad.read_bytes() == b"definitely not sqlite" * 50
 
 
-def test_delta_above_one_over_n_warns_in_cli(tmp_path, capsys):
-    code = main(["train", "--subset", "256", "--test-subset", "100", "--epsilon", "5", "--delta", "0.01",
-                 "--batch-size", "128", "--store", str(tmp_path / "s.db"), "--quiet", "--model", "mlp"])
-    assert code == 0
-    assert "exceeds 1/N" in capsys.readouterr().err
+@pytest.mark.parametrize("delta", ["0.01", str(1 / 256)])
+def test_delta_at_or_above_one_over_n_is_refused_unless_allowed(tmp_path, capsys, delta):
+    args = ["train", "--subset", "256", "--test-subset", "100", "--epsilon", "5", "--delta", delta,
+            "--batch-size", "128", "--store", str(tmp_path / "s.db"), "--quiet", "--model", "mlp"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "is at least 1/N" in err and "--allow-large-delta" in err and len(err.strip().splitlines()) == 1
+    assert RunStore(tmp_path / "s.db").runs() == []  # refused before anything is stored
+    assert main([*args, "--allow-large-delta"]) == 0
+    assert "warning: delta" in capsys.readouterr().err
 
 
 def test_config_file_with_flag_overrides(tmp_path):

@@ -9,10 +9,28 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable
 
 BACKENDS = ("local", "ray")
+
+
+def exit_with_parent(parent_pid: int, every: float = 0.5) -> None:
+    """A pool worker's initializer: a daemon thread ends the worker when its parent is gone.
+
+    A parent killed with SIGKILL cannot stop its pool, and a worker busy training never reads
+    the pool's closed pipe, so each worker watches its parent itself (POSIX reparents an orphan,
+    which changes ``os.getppid()``).
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="dpplat-exit-with-parent", daemon=True).start()
 
 
 class LocalBackend:
@@ -32,8 +50,17 @@ class LocalBackend:
         threads = max(1, (os.cpu_count() or 1) // workers)
         jobs = [{**job, "threads": threads} for job in jobs]
         # spawn, not fork: a forked child of a process whose torch thread pool is running can deadlock.
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=exit_with_parent,
+                                   initargs=(os.getpid(),))
+        try:
             return list(pool.map(fn, jobs))
+        except BaseException:
+            # Ctrl+C, SIGTERM or a failed job: stop the others now rather than wait for their jobs to finish.
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RayBackend:

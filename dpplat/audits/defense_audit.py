@@ -23,8 +23,9 @@ import torch
 from dpplat import data as datasets
 from dpplat.audits.attacks import MODES, attack_class, available_attacks, create_attack
 from dpplat.audits.backends import BACKENDS, make_backend
-from dpplat.audits.defenses import available_defenses, create_defense
+from dpplat.audits.defenses import POLICIES, available_defenses, create_defense
 from dpplat.audits.target import PixelClassifier, fit_target, pixel_images, target_config
+from dpplat.config_checks import check_choice, check_range, check_types
 from dpplat.training import TrainConfig, build_model
 
 # Perturbation budgets when the plan gives none: the paper's CIFAR-10 values, and the usual MNIST ones.
@@ -59,7 +60,21 @@ class DefenseAuditConfig:
     attack_params: dict = field(default_factory=dict)
     run_id: int | None = None
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
+        """Types and ranges of every key; run when the config is built and again before an audit starts."""
+        check_types(self)
+        for name in ("calibration_images", "target_epochs", "target_subset"):
+            check_range(name, getattr(self, name), low=1)
+        check_range("seed", self.seed, low=0)
+        check_range("workers", self.workers, low=1)
+        check_choice("policy", self.policy, POLICIES)
+        for name, table in (("defense_params", self.defense_params), ("attack_params", self.attack_params)):
+            for key, value in table.items():
+                if not isinstance(value, dict):
+                    raise ValueError(f"{name}.{key} must be a table of settings ([{name}.{key}]), got {value!r}.")
         if self.dataset not in datasets.DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {sorted(datasets.DATASETS)}.")
         for name in self.defenses:
@@ -89,8 +104,10 @@ class DefenseAuditConfig:
         return given if given is not None else DEFAULT_EPS.get(self.dataset, PAPER_EPS)[norm]
 
 
-def config_key(config: DefenseAuditConfig) -> str:
-    payload = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+def config_key(config: DefenseAuditConfig, source: dict | None = None) -> str:
+    """The work folder's key: the whole config and, for a stored run's model, which store, run and step it is."""
+    payload = json.dumps({**dataclasses.asdict(config), **({"source": source} if source else {})}, sort_keys=True,
+                         default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -99,15 +116,30 @@ def _target_config(config: DefenseAuditConfig) -> TrainConfig:
                          seed=config.seed, data_dir=config.data_dir)
 
 
-def prepare_target(config: DefenseAuditConfig, workdir: Path, model: torch.nn.Module | None = None) -> Path:
-    """Write the model to attack into the work folder (train it first unless given), for the jobs to load."""
+def prepare_target(config: DefenseAuditConfig, workdir: Path, model: torch.nn.Module | None = None,
+                   source: dict | None = None) -> Path:
+    """Write the model to attack into the work folder (train it first unless given), for the jobs to load.
+
+    ``source`` says whose model it is (store, run, checkpoint step); a target already in the folder
+    is used only if it says the same, so records are never resumed against another model.
+    """
     path = workdir / "target.pt"
     if path.exists():
-        return path
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False).get("source")
+        except Exception:  # noqa: BLE001 - unreadable: written again below
+            saved = "unreadable"
+        if saved == source:
+            return path
+        raise ValueError(f"{path} holds another model ({saved or 'a model trained for the plan'}, not "
+                         f"{source or 'a model trained for the plan'}); its records cannot be resumed for this audit. "
+                         "Delete that work folder, or use another store.")
     train_config = _target_config(config)
     if model is None:
         model = fit_target(train_config)
-    torch.save({"config": dataclasses.asdict(train_config), "state": model.state_dict()}, path)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"config": dataclasses.asdict(train_config), "state": model.state_dict(), "source": source}, tmp)
+    tmp.replace(path)
     return path
 
 
@@ -212,7 +244,7 @@ def summarise(records: list[dict]) -> dict:
 
 
 def run_defense_audit(config: DefenseAuditConfig, workdir: str | Path, *, model: torch.nn.Module | None = None,
-                      progress: Callable[[str], None] | None = None) -> dict:
+                      progress: Callable[[str], None] | None = None, source: dict | None = None) -> dict:
     """Run every cell of the audit and return the summaries, per-image records and defense calibrations."""
     config.validate()
     say = progress or (lambda _: None)
@@ -220,7 +252,7 @@ def run_defense_audit(config: DefenseAuditConfig, workdir: str | Path, *, model:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     say(f"target model: {'given' if model is not None else f'training {config.model} on {config.dataset}'}")
-    target = load_target(prepare_target(config, workdir, model))
+    target = load_target(prepare_target(config, workdir, model, source))
     chosen, chosen_path = choose_images(target, config), workdir / "images.json"
     if not chosen_path.exists():
         chosen_path.write_text(json.dumps(chosen))
@@ -238,7 +270,7 @@ def run_defense_audit(config: DefenseAuditConfig, workdir: str | Path, *, model:
             f"({100 * cal.false_positive_rate:.1f}% false positives)")
     backend = make_backend(config.backend, workers=config.workers)
     jobs = plan_jobs(config, workdir, getattr(backend, "workers", 1))
-    todo = [j for j in jobs if not Path(j["out"]).exists()]
+    todo = [j for j in jobs if _read_records(Path(j["out"])) is None]
     say(f"{len(jobs)} jobs ({len(jobs) - len(todo)} already done) on the {backend.name} backend")
     backend.map(run_cell, todo)
     results = collect(config, workdir, jobs)
@@ -260,6 +292,15 @@ def plan_jobs(config: DefenseAuditConfig, workdir: Path, workers: int) -> list[d
     return jobs
 
 
+def _read_records(path: Path) -> list[dict] | None:
+    """A job's records, or None when the file is missing or unreadable (then the job runs again)."""
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return records if isinstance(records, list) else None
+
+
 def collect(config: DefenseAuditConfig, workdir: Path, jobs: list[dict]) -> dict:
     """Summaries and per-image records from the jobs' files; cells whose jobs are missing are left out
     (so a run cut short can still be summarised: each summary says how many images it covers)."""
@@ -269,9 +310,8 @@ def collect(config: DefenseAuditConfig, workdir: Path, jobs: list[dict]) -> dict
             for mode in config.modes:
                 cell = []
                 for job in jobs:
-                    if (job["defense"], job["attack"], job["mode"]) == (defense, attack, mode) \
-                            and Path(job["out"]).exists():
-                        cell += json.loads(Path(job["out"]).read_text())
+                    if (job["defense"], job["attack"], job["mode"]) == (defense, attack, mode):
+                        cell += _read_records(Path(job["out"])) or []
                 if not cell:
                     continue
                 cls = attack_class(attack)

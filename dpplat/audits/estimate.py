@@ -68,8 +68,8 @@ def _check(fp, fn, negatives, positives, delta, confidence) -> None:
         raise ValueError(f"fp ({fp}) cannot exceed negatives ({negatives}): false positives are non-members flagged.")
     if fn > positives:
         raise ValueError(f"fn ({fn}) cannot exceed positives ({positives}): false negatives are members missed.")
-    if not 0 <= delta < 1:
-        raise ValueError(f"delta must be in [0, 1), got {delta}.")
+    if not (isinstance(delta, (int, float)) and 0 < delta < 1):
+        raise ValueError(f"delta must be in (0, 1), the delta of the guarantee being audited (e.g. 1e-5), got {delta}.")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}.")
 

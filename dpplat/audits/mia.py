@@ -24,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dpplat.audits.backends import make_backend
+from dpplat.audits.backends import BACKENDS, make_backend
 from dpplat.audits.estimate import estimate_epsilon
 from dpplat.audits.one_run import one_run_lower_bound
 from dpplat.audits.roc import roc_curve
 from dpplat.audits.scores import ATTACKS, attack_scores
+from dpplat.config_checks import check_choice, check_range, check_types
+from dpplat.data import DATASETS
 from dpplat.training import TrainConfig
 
 INDEPENDENCE_NOTE = (
@@ -59,19 +61,28 @@ class MIAConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         model="mlp", epochs=10, batch_size=128, lr=0.5, momentum=0.9, max_grad_norm=1.0, accountant="rdp"))
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
+        """Types and ranges of every key; run when the config is built and again before an audit starts."""
+        check_types(self, allow_infinite=("epsilon",))
         if self.models < 1 or self.challenges < 4:
             raise ValueError("an audit needs at least 1 model and 4 challenges (use --models 16 --challenges 256).")
-        if self.attack not in ATTACKS:
-            raise ValueError(f"unknown attack {self.attack!r}; choose one of {ATTACKS}.")
-        if self.canary not in ("mislabeled", "natural"):
-            raise ValueError(f"canary must be 'mislabeled' or 'natural', got {self.canary!r}.")
-        if not 0 < self.calibration_fraction < 1:
-            raise ValueError("calibration_fraction must be in (0, 1).")
-        if not (self.epsilon > 0):
-            raise ValueError(f"epsilon must be positive (or inf for a non-private reference), got {self.epsilon}.")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta}.")
+        check_choice("attack", self.attack, ATTACKS)
+        check_choice("canary", self.canary, ("mislabeled", "natural"))
+        check_choice("backend", self.backend, BACKENDS)
+        check_choice("dataset", self.dataset, DATASETS)
+        check_range("calibration_fraction", self.calibration_fraction, low=0, high=1, low_open=True, high_open=True)
+        check_range("confidence", self.confidence, low=0, high=1, low_open=True, high_open=True)
+        check_range("epsilon", self.epsilon, low=0, low_open=True)
+        check_range("delta", self.delta, low=0, high=1, low_open=True, high_open=True)
+        check_range("base_size", self.base_size, low=1)
+        check_range("seed", self.seed, low=0)
+        check_range("workers", self.workers, low=1)
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(f"train must be a table of training settings, got {self.train!r}.")
+        self.train.validate()
 
     @property
     def private(self) -> bool:
@@ -123,9 +134,27 @@ def train_and_score(job: dict) -> str:
         others = logits.scatter(1, canary_y[:, None], float("-inf"))
         phi = (logits.gather(1, canary_y[:, None]).squeeze(1) - others.logsumexp(1)).numpy()
     tmp = Path(job["out"] + ".tmp.npz")
-    np.savez(tmp, loss=loss, prob=prob, phi=phi)
+    np.savez(tmp, loss=loss, prob=prob, phi=phi, key=np.array(job["key"]))
     tmp.replace(job["out"])
     return job["out"]
+
+
+def _finished(path: Path, key: str, challenges: int, progress=None) -> bool:
+    """Whether ``path`` holds the scores of the job ``key``: readable, carrying that key, one score per canary.
+    A file that fails is moved aside (``.bad``) and the model is trained again."""
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path) as saved:
+            ok = str(saved["key"]) == key and all(saved[name].shape == (challenges,) for name in ("loss", "prob", "phi"))
+    except Exception:  # noqa: BLE001 - any unreadable file is simply redone
+        ok = False
+    if not ok:
+        path.replace(path.with_suffix(".bad"))
+        if progress:
+            progress(f"{path.name} is not this audit's finished model (truncated, corrupt or another job's); "
+                     f"moved aside to {path.with_suffix('.bad').name}, training it again")
+    return ok
 
 
 def _choose_threshold(scores: np.ndarray, members: np.ndarray, delta: float, confidence: float) -> float:
@@ -148,7 +177,7 @@ def _choose_threshold(scores: np.ndarray, members: np.ndarray, delta: float, con
 
 def run_mia(config: MIAConfig, workdir: str | Path, *, progress=None) -> dict:
     """Play the canary game; returns counts, the three epsilon estimates and every attack's ROC."""
-    from dpplat.data import DATASETS, load_arrays
+    from dpplat.data import load_arrays
 
     config.validate()
     started = time.time()
@@ -169,10 +198,11 @@ def run_mia(config: MIAConfig, workdir: str | Path, *, progress=None) -> dict:
     train_dict = dataclasses.asdict(config.training_config())
     jobs, outs = [], []
     for j in range(config.models):
-        out = workdir / f"model-{j:03d}-{_job_key(config, j, members[j])}.npz"
+        key = _job_key(config, j, members[j])
+        out = workdir / f"model-{j:03d}-{key}.npz"
         outs.append(out)
-        if not out.is_file():  # finished models are never retrained
-            jobs.append({"dataset": config.dataset, "data_dir": config.data_dir, "base_idx": base_idx.tolist(),
+        if not _finished(out, key, config.challenges, progress):  # finished models are never retrained
+            jobs.append({"key": key, "dataset": config.dataset, "data_dir": config.data_dir, "base_idx": base_idx.tolist(),
                          "challenge_idx": challenge_idx.tolist(), "challenge_labels": challenge_labels.tolist(),
                          "mask": members[j].tolist(), "train": train_dict, "private": config.private,
                          "seed": config.seed * 100_003 + j, "out": str(out)})

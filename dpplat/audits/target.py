@@ -6,13 +6,13 @@ on raw pixels, so the classifier is wrapped to normalise on the way in.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from dpplat import data as datasets
+from dpplat.checkpoints import checkpoint_path, load_run_checkpoint
 from dpplat.devices import one_thread
 from dpplat.store import RunStore
 from dpplat.training import TrainConfig, build_model, fit
@@ -43,13 +43,11 @@ def pixel_images(dataset: str, split: str, *, subset: int | None = None, seed: i
 def load_run_model(store: RunStore, run_id: int) -> tuple[PixelClassifier, str]:
     """The model a stored training run produced (its EMA weights when it kept them)."""
     run = store.get_run(run_id)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in run.config.items() if k in fields})
-    paths = [a["path"] for a in store.artifacts(run_id=run_id, kind="checkpoint")]
-    if not paths or not Path(paths[-1]).exists():
-        raise FileNotFoundError(f"run {run_id} has no checkpoint file (looked for {paths or 'a checkpoint artifact'}); "
-                                "train it again or pass --model and --dataset instead of --run.")
-    state = torch.load(paths[-1], map_location="cpu", weights_only=False)
+    config = TrainConfig.from_stored(run.config)
+    state = load_run_checkpoint(store, run_id)  # checked: this store's, this run's, not older than recorded
+    if state is None:
+        raise FileNotFoundError(f"run {run_id} has no checkpoint ({checkpoint_path(store, run_id)}); train it again "
+                                "or pass --model and --dataset instead of --run.")
     model = build_model(config)
     ema = state.get("extra", {}).get("ema")
     model.load_state_dict(ema if ema is not None else state["module"])

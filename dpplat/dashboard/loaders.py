@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dpplat.store import RunStore, StoreError
+from dpplat.store import RunStore, StoreError, live_status
 
 TTL = 5  # seconds: fresh enough to watch a training run, cheap enough to rerun often
 
@@ -47,6 +47,8 @@ def open_store() -> RunStore | None:
 @st.cache_data(ttl=TTL)
 def runs(path: str) -> pd.DataFrame:
     rows = list(connect(path).iter_rows("SELECT * FROM runs ORDER BY id"))
+    for row in rows:
+        row["status"] = live_status(row)  # a run whose process is gone shows as interrupted
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame

@@ -31,33 +31,62 @@ def make_accountant(name: str) -> IAccountant:
     return create_accountant(mechanism=name)
 
 
-def check_budget(epsilon: float | None, delta: float, dataset_size: int | None = None) -> None:
-    """Validate (epsilon, delta) at the boundary; warn when delta is too large for the dataset."""
-    if epsilon is not None and not (epsilon > 0 and math.isfinite(epsilon)):
+def check_budget(epsilon: float | None, delta: float, dataset_size: int | None = None, *,
+                 allow_large_delta: bool = False) -> None:
+    """Validate (epsilon, delta) at the boundary.
+
+    delta >= 1/N is refused: a mechanism that publishes one random example outright satisfies
+    (0, 1/N)-DP, so such a delta allows leaking whole examples. ``allow_large_delta=True`` lets it
+    through with a warning, for a user who means it.
+    """
+    if epsilon is not None and not (isinstance(epsilon, (int, float)) and epsilon > 0 and math.isfinite(epsilon)):
         raise ValueError(f"epsilon must be a positive finite number, got {epsilon}. For no privacy, train without the engine.")
-    if not (0 < delta < 1):
+    if not (isinstance(delta, (int, float)) and 0 < delta < 1):
         raise ValueError(f"delta must be in (0, 1), got {delta}. A common choice is 1e-5 or 1/(10 N).")
-    if dataset_size and delta > 1.0 / dataset_size:
-        warnings.warn(
-            f"delta={delta} exceeds 1/N = {1.0 / dataset_size:.3g} for N={dataset_size} examples: such a guarantee "
-            "allows leaking whole examples. Use delta < 1/N (e.g. 1e-5).",
-            PrivacyWarning,
-            stacklevel=3,
-        )
+    if dataset_size and delta >= 1.0 / dataset_size:
+        message = (f"delta = {delta:g} is at least 1/N = {1.0 / dataset_size:.3g} for N = {dataset_size} examples: "
+                   "such a guarantee allows publishing a whole example. Use delta < 1/N (e.g. 1e-5)")
+        if not allow_large_delta:
+            raise ValueError(message + ", or pass --allow-large-delta (allow_large_delta=True) if you mean it.")
+        warnings.warn(message + ".", PrivacyWarning, stacklevel=3)
+
+
+def check_noise_multiplier(noise_multiplier: float) -> float:
+    """A noise multiplier must be a finite number >= 0 (0 means no noise: training that is not private)."""
+    if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, (int, float)) \
+            or not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
+        raise ValueError(f"the noise multiplier (--sigma) must be a finite number >= 0, got {noise_multiplier!r}.")
+    return float(noise_multiplier)
 
 
 def epsilon_of(accountant: IAccountant, delta: float, history: list | None = None) -> float:
-    """Epsilon of ``history`` (default: the accountant's own), without touching the accountant."""
+    """Epsilon of ``history`` (default: the accountant's own), without touching the accountant.
+
+    A step without noise (sigma = 0) makes epsilon infinite. Where the PRV accountant cannot
+    discretise a history (a noise multiplier so small that its grid would not fit in memory),
+    the RDP accountant's bound is used instead: also an upper bound, only looser.
+    """
     probe = copy.deepcopy(accountant)
     if history is not None:
         probe.history = history
     if not probe.history:
         return 0.0
-    with np.errstate(divide="ignore"):  # PRV takes log(1 - q): -inf, handled, for a full-data release (q = 1)
-        return float(probe.get_epsilon(delta=delta))
+    if any(float(sigma) == 0.0 and int(count) > 0 for sigma, _, count in probe.history):
+        return math.inf
+    try:
+        with np.errstate(divide="ignore"):  # PRV takes log(1 - q): -inf, handled, for a full-data release (q = 1)
+            epsilon = float(probe.get_epsilon(delta=delta))
+    except (ValueError, OverflowError, MemoryError, FloatingPointError, RuntimeError):
+        if probe.mechanism() == "rdp":
+            return math.inf
+        fallback = create_accountant(mechanism="rdp")
+        fallback.history = list(probe.history)
+        return epsilon_of(fallback, delta)
+    return epsilon if not math.isnan(epsilon) else math.inf
 
 
-def _with_steps(history: list, noise_multiplier: float, sample_rate: float, steps: int) -> list:
+def with_steps(history: list, noise_multiplier: float, sample_rate: float, steps: int) -> list:
+    """``history`` followed by ``steps`` more steps at (sigma, q), merged into its last entry when that matches."""
     history = [tuple(h) for h in history]
     if steps <= 0:
         return history
@@ -76,9 +105,9 @@ def steps_within_budget(
     limit: int = 10**8,
 ) -> int:
     """How many more steps at (sigma, q) keep epsilon <= target, on top of the accountant's history."""
-    if noise_multiplier <= 0:
+    if not noise_multiplier > 0:
         return 0
-    fits = lambda k: epsilon_of(accountant, delta, _with_steps(accountant.history, noise_multiplier, sample_rate, k)) <= target_epsilon  # noqa: E731
+    fits = lambda k: epsilon_of(accountant, delta, with_steps(accountant.history, noise_multiplier, sample_rate, k)) <= target_epsilon  # noqa: E731
     if not fits(0 if accountant.history else 1):
         return 0
     low, high = (0 if accountant.history else 1), 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -63,22 +64,33 @@ class PrivacyEngine:
         target_delta: float | None = None,
         noise_generator: torch.Generator | None = None,
         distributed: bool | None = None,
+        allow_large_delta: bool = False,
     ) -> tuple[DPModule, DPOptimizer, DataLoader]:
         """Wrap the three; with ``target_epsilon`` the optimizer refuses steps beyond that budget.
 
         ``distributed`` (default: whether a torch.distributed group of several processes is
         initialised) makes the triple data parallel: every rank passes the same model and the
         whole dataset; Poisson sampling and noise are global, so accounting is unchanged.
+
+        ``noise_multiplier=0`` clips but adds no noise: the training is not private, epsilon is
+        infinite, a :class:`PrivacyWarning` says so and the privacy statement states it. It takes
+        no budget. A budget that not even one step fits is refused here, before training.
+        ``target_delta >= 1/N`` is refused unless ``allow_large_delta=True``.
         """
         if self.module is not None:
             raise RuntimeError("this PrivacyEngine already manages a model; create one engine per training run.")
-        if noise_multiplier < 0:
-            raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}.")
+        noise_multiplier = accounting.check_noise_multiplier(noise_multiplier)
         dataset_size = len(data_loader.dataset)
         if target_epsilon is not None or target_delta is not None:
             if target_epsilon is None or target_delta is None:
                 raise ValueError("a budget needs both target_epsilon and target_delta.")
-            accounting.check_budget(target_epsilon, target_delta, dataset_size)
+            accounting.check_budget(target_epsilon, target_delta, dataset_size, allow_large_delta=allow_large_delta)
+            if noise_multiplier == 0:
+                raise ValueError("a noise multiplier of 0 adds no noise, so no epsilon budget can hold: give a "
+                                 "noise multiplier > 0, or drop the budget to train without privacy on purpose.")
+        elif noise_multiplier == 0:
+            warnings.warn("noise multiplier 0: this training is NOT differentially private (epsilon is infinite); "
+                          "gradients are clipped but no noise is added.", accounting.PrivacyWarning, stacklevel=2)
         dp_module = module if isinstance(module, DPModule) else DPModule(
             module, max_grad_norm=max_grad_norm, clipping=clipping, loss_reduction=loss_reduction
         )
@@ -111,6 +123,13 @@ class PrivacyEngine:
         self.sample_rate, self.dataset_size, self.poisson_sampling = sample_rate, dataset_size, poisson_sampling
         self.target_epsilon, self.target_delta = target_epsilon, target_delta
         self._refresh_budget()
+        if target_epsilon is not None and self.optimizer.steps_left == 0:
+            spent = accounting.epsilon_of(self.accountant, target_delta, accounting.with_steps(
+                self.accountant.history, noise_multiplier, sample_rate, 1))
+            self.module = self.optimizer = self.data_loader = None
+            raise ValueError(f"one step at noise multiplier {noise_multiplier:g} and sample rate {sample_rate:.4g} "
+                             f"already spends epsilon = {spent:.4g}, more than the budget of {target_epsilon:g}: "
+                             "raise the noise multiplier (--sigma) or the budget (--epsilon).")
         return dp_module, dp_optimizer, data_loader
 
     def record_release(self, noise_multiplier: float, sample_rate: float = 1.0, count: int = 1) -> None:
@@ -139,8 +158,9 @@ class PrivacyEngine:
         **kwargs,
     ) -> tuple[DPModule, DPOptimizer, DataLoader]:
         """Calibrate sigma (Opacus's search) so that ``epochs`` epochs spend at most ``target_epsilon``."""
-        accounting.check_budget(target_epsilon, target_delta)  # make_private warns about delta > 1/N
-        if epochs <= 0:
+        accounting.check_budget(target_epsilon, target_delta, len(data_loader.dataset),
+                                allow_large_delta=kwargs.get("allow_large_delta", False))
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
             raise ValueError(f"epochs must be positive, got {epochs}.")
         sample_rate = 1.0 / len(data_loader)
         sigma = accounting.calibrate_noise(
@@ -172,14 +192,21 @@ class PrivacyEngine:
         """Steps left before the budget; None when no budget was set."""
         return None if self.optimizer is None else self.optimizer.steps_left
 
-    def charge_steps(self, steps: int) -> None:
-        """Count ``steps`` more steps at the current (sigma, q) without taking them.
+    def account_steps(self, steps: int) -> None:
+        """Set the accountant to the releases recorded before training plus ``steps`` DP-SGD steps at this
+        engine's (sigma, q), whatever it held before.
 
-        For steps that ran but whose results were lost (a crash after the last
-        checkpoint): their noisy updates may have been observed, so they stay spent.
+        This is how a resumed run rebuilds its accountant from the run store's count of started
+        steps, the source of truth, instead of trusting the history a checkpoint file carries.
         """
-        for _ in range(steps):
-            self.accountant.step(noise_multiplier=self.optimizer.noise_multiplier, sample_rate=self.sample_rate)
+        if self.optimizer is None:
+            raise RuntimeError("call make_private before account_steps.")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {steps!r}.")
+        history = [tuple(r) for r in self.releases]
+        if steps:
+            history.append((self.optimizer.noise_multiplier, self.sample_rate, steps))
+        self.accountant.history = history
         self._refresh_budget()
 
     def _refresh_budget(self) -> None:
@@ -209,6 +236,7 @@ class PrivacyEngine:
             max_grad_norm=self.module.sensitivity,
             poisson_sampling=self.poisson_sampling,
             releases=tuple(self.releases),
+            secure_mode=self.secure_mode,
         )
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -239,14 +267,18 @@ class PrivacyEngine:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def load_checkpoint(self, path: str | Path) -> dict:
-        """Restore what :meth:`save_checkpoint` wrote; the accountant continues its history."""
+    def load_checkpoint(self, path: str | Path, *, state: dict | None = None) -> dict:
+        """Restore what :meth:`save_checkpoint` wrote; the accountant continues its history.
+
+        ``state`` is the file's content when the caller has already read (and checked) it.
+        """
         if self.module is None:
             raise RuntimeError("call make_private with the same model, optimizer and loader before load_checkpoint.")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"checkpoint {path} does not exist.") from None
+        if state is None:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"checkpoint {path} does not exist.") from None
         if state.get("accountant_name") != self.accountant_name:
             raise ValueError(
                 f"checkpoint {path} was accounted with {state.get('accountant_name')!r}, this engine uses "

@@ -18,6 +18,11 @@ class PrivacyStatement:
     max_grad_norm: float
     poisson_sampling: bool
     releases: tuple = ()  # (noise multiplier, sample rate, count) of Gaussian releases composed before training
+    secure_mode: bool = False  # noise and sampling from the OS CSPRNG (else torch's seeded generator)
+
+    @property
+    def private(self) -> bool:
+        return self.noise_multiplier > 0 and self.epsilon < float("inf")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -25,6 +30,18 @@ class PrivacyStatement:
     def __str__(self) -> str:
         epochs = self.steps * self.sample_rate
         sampling = "Poisson sampling" if self.poisson_sampling else "shuffled fixed-size batches (accounted as Poisson, as Opacus does)"
+        randomness = ("secure mode: noise and sampling from the OS CSPRNG" if self.secure_mode else
+                      "secure mode off: noise and sampling from torch's seeded generator (reproducible, not "
+                      "cryptographically secure)")
+        if not self.private:
+            return "\n".join([
+                "NOT DIFFERENTIALLY PRIVATE",
+                "--------------------------",
+                f"Noise multiplier sigma: {self.noise_multiplier:.4g}: no noise was added, so epsilon is infinite and",
+                "this training gives NO privacy guarantee. Gradients were clipped "
+                f"({self.clipping}, C = {self.max_grad_norm:.4g}); that alone protects nothing.",
+                f"Training examples (N): {self.dataset_size}; steps: {self.steps} ({epochs:.2f} epochs).",
+            ])
         return "\n".join([
             "DP-SGD privacy statement",
             "------------------------",
@@ -33,6 +50,7 @@ class PrivacyStatement:
             f"Noise multiplier sigma: {self.noise_multiplier:.4g}; clipping: {self.clipping}, total sensitivity C = {self.max_grad_norm:.4g}",
             f"Steps: {self.steps} ({epochs:.2f} epochs)",
             f"Accountant: {self.accountant.upper()} (Opacus), epsilon reported as its upper bound",
+            f"Randomness: {randomness}",
             *[f"Composed before training: {count} Gaussian release(s) of data statistics, noise multiplier "
               f"{sigma:.4g}, sample rate {rate:.4g}" for sigma, rate, count in self.releases],
             "",

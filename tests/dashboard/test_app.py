@@ -152,3 +152,29 @@ def test_checkout_entry_script_serves_the_same_app(monkeypatch, seeded_store):
     at.run()
     assert not at.exception
     assert at.title[0].value == "Runs" and len(at.dataframe) == 1
+
+
+def test_a_run_whose_process_is_gone_shows_as_interrupted(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    from dpplat.store import RunStore
+
+    path = tmp_path / "s.db"
+    store = RunStore(path)
+    run = store.create_run(dataset="mnist", model="cnn", config={"family": "plain"}, epsilon=0.5)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    store.conn.execute("UPDATE runs SET owner_pid = ? WHERE id = ?", (gone.pid, run))  # stored as running
+    store.conn.commit()
+    store.close()
+    at = open_page(monkeypatch, path)
+    assert at.dataframe[0].value["status"].iloc[0] == "interrupted"
+
+
+def test_a_damaged_store_gets_a_message_not_a_traceback(monkeypatch, tmp_path):
+    from tests.data_store.test_store_reliability import damaged_store
+
+    damaged_store(tmp_path / "s.db")
+    at = open_page(monkeypatch, tmp_path / "s.db")
+    assert any("is damaged" in e.value for e in at.error)

@@ -248,14 +248,16 @@ def test_bad_budgets(kwargs, error):
         )
 
 
-def test_delta_above_one_over_n_warns():
+def test_delta_at_or_above_one_over_n_is_refused_unless_allowed():
     model = make_model()
-    with pytest.warns(UserWarning, match="exceeds 1/N"):
-        PrivacyEngine().make_private_with_epsilon(
-            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-            data_loader=DataLoader(make_data(n=64), batch_size=8), epochs=1, max_grad_norm=1.0,
-            target_epsilon=3.0, target_delta=0.05,
-        )
+    common = dict(module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                  data_loader=DataLoader(make_data(n=64), batch_size=8), epochs=1, max_grad_norm=1.0,
+                  target_epsilon=3.0)
+    for delta in (0.05, 1 / 64):
+        with pytest.raises(ValueError, match="is at least 1/N"):
+            PrivacyEngine().make_private_with_epsilon(**common, target_delta=delta)
+    with pytest.warns(UserWarning, match="is at least 1/N"):
+        PrivacyEngine().make_private_with_epsilon(**common, target_delta=0.05, allow_large_delta=True)
 
 
 def test_privacy_statement_names_the_guarantee():
