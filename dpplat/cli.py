@@ -19,20 +19,20 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--model", help="a name from the zoo (dpplat.models.available())")
     p.add_argument("--epsilon", type=float, help="target epsilon: the budget the run never exceeds "
                                                  "('inf' with --sigma: no budget)")
-    p.add_argument("--delta", type=float, help="target delta (default 1e-5); must be below 1/N")
+    p.add_argument("--delta", type=float, help="target delta; must be below 1/N")
     p.add_argument("--allow-large-delta", action="store_true", default=None,
                    help="accept delta >= 1/N (a guarantee that allows publishing a whole example) with a warning")
     p.add_argument("--sigma", type=float, help="noise multiplier instead of calibrating it from --epsilon "
                                                "(0 trains WITHOUT privacy and needs --epsilon inf)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="passes over the training data (epochs x N/B Poisson steps)")
     p.add_argument("--batch-size", type=int, help="expected batch size (Poisson sampling rate = B / N)")
     p.add_argument("--max-grad-norm", type=float, help="total clipping bound C")
-    p.add_argument("--clipping", choices=["per_layer", "flat"])
-    p.add_argument("--accountant", choices=["prv", "rdp"])
-    p.add_argument("--optimizer", choices=["sgd", "adam"])
-    p.add_argument("--lr", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--clipping", choices=["per_layer", "flat"], help="clip each layer's gradient, or the whole one")
+    p.add_argument("--accountant", choices=["prv", "rdp"], help="Opacus's privacy accountant")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], help="the optimizer that applies the noisy gradient")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--momentum", type=float, help="SGD momentum")
+    p.add_argument("--seed", type=int, help="seeds the model, the Poisson sampler and the noise")
     p.add_argument("--subset", type=int, help="train on a deterministic random subset of this many examples")
     p.add_argument("--test-subset", type=int, help="evaluate on a subset of the test split")
     p.add_argument("--augmult", type=int, help="augmentation multiplicity: K views per example, averaged before clipping")
@@ -51,6 +51,9 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a stored run from its checkpoint")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torch.distributed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar; print only the result line")
+    from dpplat.training import TrainConfig
+
+    _show_defaults(p, TrainConfig)
 
 
 def train_config_from_args(args: argparse.Namespace):
@@ -184,6 +187,11 @@ def _add_audit_parser(sub) -> None:
     o.add_argument("--seed", type=int, default=None)
     o.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
     o.add_argument("--data-dir")
+    from dpplat.audits.defense_audit import DefenseAuditConfig
+    from dpplat.audits.mia import MIAConfig
+
+    _show_defaults(m, MIAConfig)
+    _show_defaults(o, DefenseAuditConfig)
     r = verbs.add_parser("run", help="run an audit plan (audits/NAME.toml)")
     r.add_argument("plan")
     r.add_argument("--store")
@@ -378,8 +386,24 @@ def _dashboard(args: argparse.Namespace) -> NoReturn:
     os.execv(command[0], command)
 
 
+def _show_defaults(parser: argparse.ArgumentParser, config_cls) -> None:
+    """Append each flag's default, taken from the configuration class it fills, to its help text."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING}
+    for action in parser._actions:
+        if action.dest in defaults and defaults[action.dest] is not None and action.default is None \
+                and "default" not in (action.help or ""):
+            value = defaults[action.dest]
+            shown = ",".join(value) if isinstance(value, (list, tuple)) else value
+            action.help = f"{action.help or action.dest.replace('_', ' ')} (default: {shown})"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from dpplat import __version__
+
     parser = argparse.ArgumentParser(prog="dpplat", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"dpplat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
     _add_audit_parser(sub)
