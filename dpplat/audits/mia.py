@@ -157,7 +157,7 @@ def _finished(path: Path, key: str, challenges: int, progress=None) -> bool:
     return ok
 
 
-def _choose_threshold(scores: np.ndarray, members: np.ndarray, delta: float, confidence: float) -> float:
+def choose_threshold(scores: np.ndarray, members: np.ndarray, delta: float, confidence: float) -> float:
     """The threshold whose calibration guesses give the highest Clopper–Pearson lower bound on epsilon.
 
     A lower bound (not a point estimate) penalises extreme thresholds that rest on a handful
@@ -225,7 +225,7 @@ def run_mia(config: MIAConfig, workdir: str | Path, *, progress=None) -> dict:
         attacks[attack] = {"scores": scores, "roc": roc_curve(scores[:, report].ravel(), members[:, report].ravel())}
 
     scores = attacks[config.attack]["scores"]
-    threshold = _choose_threshold(scores[:, calibration].ravel(), members[:, calibration].ravel(), config.delta,
+    threshold = choose_threshold(scores[:, calibration].ravel(), members[:, calibration].ravel(), config.delta,
                                   config.confidence)
     guess = scores[:, report].ravel() >= threshold
     truth = members[:, report].ravel()

@@ -8,6 +8,8 @@ from typing import Callable
 
 from torch import nn
 
+from dpplat.models.imported import build_imported, import_builder, is_import_path
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -55,7 +57,10 @@ def available() -> list[ModelInfo]:
 
 
 def create(name: str, *, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
-    """Build a registered model for images of ``in_channels`` x ``image_size`` x ``image_size``."""
+    """Build a registered model, or a user's ``module:function``, for images of ``in_channels`` x ``image_size``
+    x ``image_size``."""
+    if is_import_path(name):
+        return build_imported(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     try:
         info = _MODELS[name]
     except KeyError:
@@ -64,6 +69,10 @@ def create(name: str, *, num_classes: int = 10, in_channels: int = 1, image_size
 
 
 def info(name: str) -> ModelInfo:
+    """The zoo entry ``name``; for an import path, an entry of family ``user`` (the module is imported here)."""
+    if is_import_path(name):
+        builder = import_builder(name)
+        return ModelInfo(name, "user", None, (builder.__doc__ or "").strip().split("\n")[0], builder)
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}.")
     return _MODELS[name]
