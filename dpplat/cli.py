@@ -15,7 +15,8 @@ from dpplat.store import StoreError, default_store_path
 def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model under a privacy budget and store the run")
     p.add_argument("--config", help="a TOML recipe (models/*.toml); flags given here override it")
-    p.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10"])
+    p.add_argument("--dataset", help="mnist, fashion-mnist, cifar10, or a path to your own .npz (x_train, y_train, "
+                                     "x_test, y_test)")
     p.add_argument("--model", help="a zoo name (dpplat.models.available()) or your own package.module:function, "
                                    "called with num_classes, in_channels and image_size")
     p.add_argument("--epsilon", type=float, help="target epsilon: the budget the run never exceeds "
@@ -163,7 +164,7 @@ def _add_audit_parser(sub) -> None:
                                                          "(default: 0)")
     sc.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     m = verbs.add_parser("mia", help="train models with canaries, attack them, estimate and store epsilon")
-    m.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10"], default=None)
+    m.add_argument("--dataset", default=None, help="a built-in name or a path to your own .npz")
     m.add_argument("--model", default=None, help="a zoo name or your own package.module:function")
     m.add_argument("--epsilon", default=None, help="claimed epsilon to train at; 'inf' for a non-private reference")
     m.add_argument("--delta", type=float, default=None)
@@ -181,7 +182,7 @@ def _add_audit_parser(sub) -> None:
     m.add_argument("--data-dir")
     o = verbs.add_parser("oars", help="black-box attacks against stateful defenses, standard and OARS form")
     o.add_argument("--run", type=int, metavar="RUN_ID", help="attack the model of a stored training run")
-    o.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10"], default=None)
+    o.add_argument("--dataset", default=None, help="a built-in name or a path to your own .npz")
     o.add_argument("--model", default=None, help="zoo model to train (non-private) and attack, when no --run")
     o.add_argument("--defense", default=None, help="blacklight, piha, stateful-detection, none, or a comma list")
     o.add_argument("--attack", default=None, help="nes, square, hsja, qeba, surfree, boundary, or a comma list")

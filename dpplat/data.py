@@ -1,10 +1,15 @@
-"""Datasets from local files first: MNIST, Fashion-MNIST and CIFAR-10 (JPEG q75) as shipped in ``shared/data``.
+"""Datasets: the built-in MNIST, Fashion-MNIST and CIFAR-10 (JPEG q75) from local files, or a user's ``.npz``.
 
-The files are verified against their SHA-256 on first load in a process, and every
+Built-in files are verified against their SHA-256 on first load in a process, and every
 failure (missing folder, missing file, corrupt file) raises :class:`DatasetError`
 naming the file, where it was expected and how to get it. CIFAR-10 comes as JPEG
 bytes; it is decoded once with Pillow and the arrays cached under the cache folder
 (``DPPLAT_CACHE``, default ``~/.cache/dpplat``), keyed by the file's checksum.
+
+A user's dataset is a path to an ``.npz`` with ``x_train``, ``y_train``, ``x_test`` and
+``y_test`` (:mod:`dpplat.user_data`); its image size, channels and classes are read from
+the arrays. :func:`dataset_info` answers for both, so nothing downstream looks a shape up
+by a dataset's name.
 """
 
 from __future__ import annotations
@@ -13,29 +18,14 @@ import hashlib
 import io
 import os
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-
-class DatasetError(RuntimeError):
-    """A dataset file is missing or corrupt; the message says where it should be and how to get it."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    file: str
-    sha256: str
-    channels: int
-    size: int
-    classes: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
+from dpplat.dataset_types import DatasetError, DatasetInfo  # noqa: F401  (re-exported: dpplat.data.DatasetError)
+from dpplat.user_data import is_user_dataset, user_arrays, user_dataset_info
 
 DATASETS = {
     "mnist": DatasetInfo(
@@ -79,11 +69,30 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DPPLAT_CACHE", Path.home() / ".cache" / "dpplat"))
 
 
+def is_builtin(name: str) -> bool:
+    return name in DATASETS
+
+
+def check_dataset_name(name: str) -> None:
+    """A built-in name or a path to an ``.npz`` (whose content is checked when it is loaded)."""
+    if not (is_builtin(name) or is_user_dataset(name)):
+        raise ValueError(f"dataset {name!r} is neither a built-in dataset ({', '.join(sorted(DATASETS))}) nor a "
+                         "path to an .npz file with x_train, y_train, x_test and y_test.")
+
+
+def dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetInfo:
+    """Channels, image size, classes and normalisation of a built-in dataset or of a user's ``.npz``."""
+    if is_user_dataset(name):
+        return user_dataset_info(name)
+    return _info(name)
+
+
 def _info(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}.") from None
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}, or give a path to an .npz "
+                         "file.") from None
 
 
 def dataset_file(name: str, data_dir: str | Path | None = None) -> Path:
@@ -146,7 +155,9 @@ def _cifar_arrays(path: Path, info: DatasetInfo) -> dict[str, np.ndarray]:
 
 
 def load_arrays(name: str, data_dir: str | Path | None = None) -> dict[str, np.ndarray]:
-    """Raw uint8 images (N, H, W[, C]) and labels for both splits, as in the files."""
+    """Images (N, H, W[, C]), uint8 or float in [0, 1], and labels for both splits."""
+    if is_user_dataset(name):
+        return user_arrays(name)
     info = _info(name)
     path = dataset_file(name, data_dir)
     arrays = _cifar_arrays(path, info) if name == "cifar10" else _load_npz(path)
@@ -172,7 +183,7 @@ def load_dataset(
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-    info = _info(name)
+    info = dataset_info(name, data_dir)
     arrays = load_arrays(name, data_dir)
     x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
     if subset is not None:
@@ -180,7 +191,9 @@ def load_dataset(
             raise ValueError(f"subset must be between 1 and {len(x)} for {name}/{split}, got {subset}.")
         index = np.random.default_rng(seed).permutation(len(x))[:subset]
         x, y = x[index], y[index]
-    images = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
+    images = torch.from_numpy(np.ascontiguousarray(x)).float()
+    if x.dtype == np.uint8:
+        images.div_(255.0)
     images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2).contiguous()
     if normalize:
         mean = torch.tensor(info.mean).view(1, -1, 1, 1)

@@ -87,6 +87,8 @@ class TrainConfig:
         return cls(**known, extra={**extra, **known.pop("extra", {})})
 
     def __post_init__(self) -> None:
+        if isinstance(self.dataset, str) and datasets.is_user_dataset(self.dataset):
+            self.dataset = str(Path(self.dataset).expanduser().resolve())  # the stored run finds it from any folder
         self.validate()
 
     @staticmethod
@@ -126,7 +128,7 @@ class TrainConfig:
         check_choice(flag("clipping"), self.clipping, ("per_layer", "flat"))
         check_choice(flag("accountant"), self.accountant, ACCOUNTANTS)
         check_choice(flag("optimizer"), self.optimizer, ("sgd", "adam"))
-        check_choice(flag("dataset"), self.dataset, datasets.DATASETS)
+        datasets.check_dataset_name(self.dataset)
         models.info(self.model)  # an unknown model is named here, with the zoo's names
         resolve_device(self.device)
 
@@ -171,7 +173,7 @@ def _progress(total: int, quiet: bool):
 
 
 def build_model(config: TrainConfig) -> torch.nn.Module:
-    info = datasets.DATASETS[config.dataset]
+    info = datasets.dataset_info(config.dataset, config.data_dir)
     return models.create(config.model, num_classes=len(info.classes), in_channels=info.channels, image_size=info.size)
 
 
@@ -299,7 +301,7 @@ def train(
         done_steps = resume_run(store, run_id, config, engine, dp_loader, ema)
     checkpoint = checkpoint_path(store, run_id) if main_process else None
     dp_model.augmentation_multiplicity = config.augmult
-    info = datasets.DATASETS[config.dataset]
+    info = datasets.dataset_info(config.dataset, config.data_dir)
     view_rng = torch.Generator().manual_seed(config.seed + 2)
     stem = fixed_stem(model, config)
     if stem is not None and main_process:  # evaluate the head on the test images' features, computed once

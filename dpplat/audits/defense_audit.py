@@ -61,6 +61,8 @@ class DefenseAuditConfig:
     run_id: int | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.dataset, str) and datasets.is_user_dataset(self.dataset):
+            self.dataset = str(Path(self.dataset).expanduser().resolve())
         self.validate()
 
     def validate(self) -> None:
@@ -75,8 +77,7 @@ class DefenseAuditConfig:
             for key, value in table.items():
                 if not isinstance(value, dict):
                     raise ValueError(f"{name}.{key} must be a table of settings ([{name}.{key}]), got {value!r}.")
-        if self.dataset not in datasets.DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {sorted(datasets.DATASETS)}.")
+        datasets.check_dataset_name(self.dataset)
         for name in self.defenses:
             if name not in available_defenses():
                 raise ValueError(f"unknown defense {name!r}; choose from {', '.join(available_defenses())}.")
@@ -153,7 +154,8 @@ def load_target(path: Path) -> PixelClassifier:
 
 def _build_defense(name: str, model, config: DefenseAuditConfig, workdir: Path):
     params = dict(config.defense_params.get(name, {}))
-    shape = (datasets.DATASETS[config.dataset].channels,) + (datasets.DATASETS[config.dataset].size,) * 2
+    info = datasets.dataset_info(config.dataset, config.data_dir)
+    shape = (info.channels, info.size, info.size)
     if name == "stateful-detection" and "encoder" not in params:
         reference, _ = pixel_images(config.dataset, "train", subset=params.pop("reference_images", 4000),
                                     seed=config.seed + 1, data_dir=config.data_dir)
@@ -177,7 +179,7 @@ def choose_images(model: PixelClassifier, config: DefenseAuditConfig) -> list[di
     rng = np.random.default_rng(config.seed)
     chosen = correct[:drawn].tolist()
     spare = correct[drawn:].tolist()
-    classes = len(datasets.DATASETS[config.dataset].classes)
+    classes = len(datasets.dataset_info(config.dataset, config.data_dir).classes)
     records = []
     for i in chosen:
         label = int(y[i])

@@ -30,7 +30,7 @@ from dpplat.audits.one_run import one_run_lower_bound
 from dpplat.audits.roc import roc_curve
 from dpplat.audits.scores import ATTACKS, attack_scores
 from dpplat.config_checks import check_choice, check_range, check_types
-from dpplat.data import DATASETS
+from dpplat.data import check_dataset_name, dataset_info, is_user_dataset
 from dpplat.training import TrainConfig
 
 INDEPENDENCE_NOTE = (
@@ -62,6 +62,8 @@ class MIAConfig:
         model="mlp", epochs=10, batch_size=128, lr=0.5, momentum=0.9, max_grad_norm=1.0, accountant="rdp"))
 
     def __post_init__(self) -> None:
+        if isinstance(self.dataset, str) and is_user_dataset(self.dataset):
+            self.dataset = str(Path(self.dataset).expanduser().resolve())
         self.validate()
 
     def validate(self) -> None:
@@ -72,7 +74,7 @@ class MIAConfig:
         check_choice("attack", self.attack, ATTACKS)
         check_choice("canary", self.canary, ("mislabeled", "natural"))
         check_choice("backend", self.backend, BACKENDS)
-        check_choice("dataset", self.dataset, DATASETS)
+        check_dataset_name(self.dataset)
         check_range("calibration_fraction", self.calibration_fraction, low=0, high=1, low_open=True, high_open=True)
         check_range("confidence", self.confidence, low=0, high=1, low_open=True, high_open=True)
         check_range("epsilon", self.epsilon, low=0, low_open=True)
@@ -192,7 +194,7 @@ def run_mia(config: MIAConfig, workdir: str | Path, *, progress=None) -> dict:
     challenge_idx = order[config.base_size : config.base_size + config.challenges]
     challenge_labels = labels[challenge_idx].copy()
     if config.canary == "mislabeled":
-        classes = len(DATASETS[config.dataset].classes)
+        classes = len(dataset_info(config.dataset, config.data_dir).classes)
         challenge_labels = (challenge_labels + rng.integers(1, classes, len(challenge_labels))) % classes
     members = rng.random((config.models, config.challenges)) < 0.5
     train_dict = dataclasses.asdict(config.training_config())

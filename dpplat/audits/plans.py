@@ -12,6 +12,7 @@ from pathlib import Path
 from dpplat.audits.defense_audit import DefenseAuditConfig, config_key, run_defense_audit
 from dpplat.audits.mia import MIAConfig, format_report, run_mia
 from dpplat.config_checks import check_keys
+from dpplat.data import dataset_info
 from dpplat.store import RunStore
 from dpplat.tomlfile import read_toml
 from dpplat.training import TrainConfig
@@ -78,6 +79,7 @@ def run_and_store(config: MIAConfig | DefenseAuditConfig, store: RunStore, *, ru
     SIGTERM) is recorded as ``interrupted``, one that raised as ``failed``.
     """
     config.validate()
+    dataset_info(config.dataset, config.data_dir)  # a user's .npz is read and checked before the audit is stored
     if isinstance(config, DefenseAuditConfig):
         return _run_defense_audit(config, store, progress)
     workdir = store.work_dir / "audits" / f"mia-{plan_key(config)}"

@@ -23,7 +23,7 @@ class PixelClassifier(nn.Module):
 
     def __init__(self, model: nn.Module, dataset: str) -> None:
         super().__init__()
-        info = datasets.DATASETS[dataset]
+        info = datasets.dataset_info(dataset)
         self.model = model.eval()
         self.register_buffer("mean", torch.tensor(info.mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(info.std).view(1, -1, 1, 1))

@@ -2,8 +2,8 @@
 
 Why they belong in the zoo: DP-SGD's noise grows with the number of trained parameters, and
 handcrafted, rotation-equivariant wavelet features let a linear head reach what an end-to-end CNN
-needs many more private steps for (their MNIST/Fashion-MNIST/CIFAR-10 anchors in issue 3 are these
-models). The head trains under the engine like any other model; the stem has no parameters, so
+needs many more private steps for (the zoo's MNIST, Fashion-MNIST and CIFAR-10
+accuracy goals are met by these models). The head trains under the engine like any other model; the stem has no parameters, so
 training computes it once per image instead of once per step (``dpplat.training``).
 """
 

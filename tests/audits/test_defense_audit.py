@@ -104,8 +104,8 @@ def thread_count():
 
 
 def test_the_audit_target_does_not_depend_on_the_thread_count(tmp_path, thread_count):
-    """Trained on the machine's threads, the CIFAR-10 target of stop 19's results could not be trained again
-    here: two sessions' targets classified different test images correctly, so the audits drew different images."""
+    """Trained on all of a machine's threads, a target depends on the thread count: two machines' targets classify
+    different test images correctly, so their audits draw different images. One thread makes it the same."""
     config = DefenseAuditConfig(dataset="mnist", target_epochs=1, target_subset=512)
     weights = []
     for threads in (1, 2):

@@ -103,10 +103,10 @@ class HopSkipJump(TiledDirections, Attack):
         In OARS form a rejected step is retried at twice the length: halving it, as a failed step
         is, only moves it closer to the stored query it collided with, and against Blacklight that
         stalled the attack for good. The step is otherwise HSJA's own, even when shorter than the
-        floor: held at the floor (from b8b421c until stop 24), every step near the optimum was a quarter of the
-        distance to the input behind Blacklight, and on MNIST images 13 and 14 the attack ended
-        farther out (``benchmarks/results/oars-mnist-cpu-probes-stop24.md``). A short step that is
-        rejected costs one query before it doubles.
+        floor: a step held at the floor is a quarter of the distance to the input near the optimum
+        behind Blacklight, and on MNIST images 13 and 14 the attack then ends farther out (measured in
+        ``benchmarks/results/oars-mnist-cpu-probes-stop24.md``). A short step that is rejected costs
+        one query before it doubles.
         """
         for _ in range(self.step_halvings):
             candidate = (x_adv + step * v).clamp(0, 1)

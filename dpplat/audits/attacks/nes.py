@@ -20,7 +20,7 @@ an accepted answer is the step's loss, and may be the success, while a rejected 
 its loss to the next estimate's probes (which the sigma floor lets through). With the step
 held at the floor instead, the sign steps oscillated around the optimum: on CIFAR-10 behind
 Blacklight the target's log-probability hovered near -1 for 90,000 queries. Taking such steps
-without asking at all (stop 14 to stop 19) left success to the probes alone. Those lie up to
+without asking at all leaves success to the probes alone. Those lie up to
 a few sigma outside the eps-ball, where the target class begins sooner than inside it. On a
 CIFAR-10 image behind PIHA (sigma floor 0.021 with 2x2 tiles, against an L-infinity budget of
 0.05), 953 iterations had adversarial probes, all outside the ball; none of the 3,617 asked
@@ -42,7 +42,7 @@ def _probe_sigma(attack, x, around, value, n, generator):
 
 def _probe_step(attack, x, around, value, n, generator):
     signs = random_sign((n, *x.shape), generator) if attack.tile == 1 else \
-        tiled_normal(n, tuple(x.shape), attack.tile, generator).sign()  # tile 1: the draws stop 14 made
+        tiled_normal(n, tuple(x.shape), attack.tile, generator).sign()  # tile 1: pixel-wise signs
     return around + value * signs
 
 
