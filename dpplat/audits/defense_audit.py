@@ -112,8 +112,15 @@ def config_key(config: DefenseAuditConfig, source: dict | None = None) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
+def _available(config: DefenseAuditConfig, split: str) -> int:
+    """How many images the split holds: a small dataset of the user's caps every draw from it."""
+    return len(datasets.load_arrays(config.dataset, config.data_dir)[f"y_{split}"])
+
+
 def _target_config(config: DefenseAuditConfig) -> TrainConfig:
-    return target_config(config.dataset, config.model, epochs=config.target_epochs, subset=config.target_subset,
+    """The target's recipe; ``target_subset`` images, or all of a smaller training set."""
+    subset = config.target_subset if config.target_subset < _available(config, "train") else None
+    return target_config(config.dataset, config.model, epochs=config.target_epochs, subset=subset,
                          seed=config.seed, data_dir=config.data_dir)
 
 
@@ -157,7 +164,7 @@ def _build_defense(name: str, model, config: DefenseAuditConfig, workdir: Path):
     info = datasets.dataset_info(config.dataset, config.data_dir)
     shape = (info.channels, info.size, info.size)
     if name == "stateful-detection" and "encoder" not in params:
-        reference, _ = pixel_images(config.dataset, "train", subset=params.pop("reference_images", 4000),
+        reference, _ = pixel_images(config.dataset, "train", subset=min(params.pop("reference_images", 4000), _available(config, "train")),
                                     seed=config.seed + 1, data_dir=config.data_dir)
         params.update(reference=reference, cache_dir=workdir)
     return create_defense(name, model, input_shape=shape, policy=config.policy, seed=config.seed, **params)
@@ -195,7 +202,7 @@ def choose_images(model: PixelClassifier, config: DefenseAuditConfig) -> list[di
 def image_pool(config: DefenseAuditConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The test images an audit draws from (a fixed, seeded subset)."""
     pool = max(2000, 4 * (config.skip_images + config.images))
-    return pixel_images(config.dataset, "test", subset=min(pool, 10_000), seed=config.seed + 7,
+    return pixel_images(config.dataset, "test", subset=min(pool, 10_000, _available(config, "test")), seed=config.seed + 7,
                         data_dir=config.data_dir)
 
 
@@ -263,7 +270,7 @@ def run_defense_audit(config: DefenseAuditConfig, workdir: str | Path, *, model:
         raise ValueError(f"{workdir} holds an audit of other images (its images.json is not --images {config.images} "
                          f"--skip-images {config.skip_images} of this model); use another work folder.")
     calibrations = {}
-    benign, _ = pixel_images(config.dataset, "test", subset=config.calibration_images, seed=config.seed + 11,
+    benign, _ = pixel_images(config.dataset, "test", subset=min(config.calibration_images, _available(config, "test")), seed=config.seed + 11,
                              data_dir=config.data_dir)
     for name in config.defenses:  # also builds (and caches) a learned detector once, before the fan-out
         cal = _build_defense(name, target, config, workdir).calibrate(benign)

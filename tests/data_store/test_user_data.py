@@ -72,3 +72,15 @@ def test_a_missing_file_is_named(tmp_path, capsys):
     assert main(["train", "--dataset", str(tmp_path / "nope.npz"), "--model", "mlp", "--epsilon", "8",
                  "--store", str(tmp_path / "s.db")]) == 2
     assert "nope.npz does not exist" in capsys.readouterr().err
+
+
+def test_a_defense_audit_runs_on_a_small_users_npz(tmp_path, capsys):
+    """Every draw (target training set, attacked and benign images) is capped by what the user's file holds."""
+    path = user_npz(tmp_path / "digits.npz", train=1500, test=300)
+    store = tmp_path / "s.db"
+    assert main(["audit", "oars", "--dataset", str(path), "--model", "mlp", "--defense", "blacklight", "--attack",
+                 "square", "--mode", "standard", "--images", "1", "--budget", "200", "--workers", "1",
+                 "--store", str(store)]) == 0
+    audit = RunStore(store).audits()[0]
+    assert audit["status"] == "finished" and audit["results"]["defenses"]["blacklight"]["benign_images"] == 300
+    assert audit["results"]["summaries"][0]["images"] == 1
