@@ -42,3 +42,17 @@ def test_attack_a_defense(tmp_path, capsys):
     assert any(r.success for r in outcomes["oars"])
     out = capsys.readouterr().out
     assert "Blacklight flags" in out and "nes oars" in out
+
+
+def test_your_model_and_data(tmp_path, capsys, monkeypatch):
+    from dpplat.models.imported import import_builder
+
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    import_builder.cache_clear()
+    result, report = load("your_model_and_data").main(["--epsilon", "8", "--epochs", "2", "--train-size", "1200",
+                                                       "--audit-models", "2", "--folder", str(tmp_path)])
+    run = RunStore(tmp_path / "dpplat.db").get_run(result.run_id)
+    assert run.model == "your_model_and_data:small_cnn" and run.config["family"] == "user"
+    assert run.dataset == str(tmp_path / "your_data.npz") and result.accuracy > 0.4  # 5 classes: chance is 20%
+    assert report["models"] == 2 and RunStore(tmp_path / "dpplat.db").audits()[0]["status"] == "finished"
+    assert "Review both: dpplat dashboard" in capsys.readouterr().out
