@@ -12,8 +12,18 @@ from typing import NoReturn
 from dpplat.store import StoreError, default_store_path
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that ends each option with its default, unless the text already gives it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
 def _add_train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a model under a privacy budget and store the run")
+    p = sub.add_parser("train", formatter_class=DefaultsFormatter, help="train a model under a privacy budget and store the run")
     p.add_argument("--config", help="a TOML recipe (models/*.toml); flags given here override it")
     p.add_argument("--dataset", help="mnist, fashion-mnist, cifar10, or a path to your own .npz (x_train, y_train, "
                                      "x_test, y_test)")
@@ -144,9 +154,9 @@ def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
 
 
 def _add_audit_parser(sub) -> None:
-    p = sub.add_parser("audit", help="measure privacy (membership inference) or attack a model's stateful defenses")
+    p = sub.add_parser("audit", formatter_class=DefaultsFormatter, help="measure privacy (membership inference) or attack a model's stateful defenses")
     verbs = p.add_subparsers(dest="verb", required=True)
-    e = verbs.add_parser("estimate", help="epsilon interval from an attack's error counts")
+    e = verbs.add_parser("estimate", formatter_class=DefaultsFormatter, help="epsilon interval from an attack's error counts")
     e.add_argument("--fp", type=int, required=True, help="false positives (non-members called members)")
     e.add_argument("--fn", type=int, required=True, help="false negatives (members called non-members)")
     e.add_argument("--negatives", type=int, required=True)
@@ -155,7 +165,7 @@ def _add_audit_parser(sub) -> None:
     e.add_argument("--confidence", type=float, default=0.95)
     e.add_argument("--method", choices=["bayes", "clopper-pearson", "both"], default="both")
     e.add_argument("--prior", choices=["jeffreys", "uniform"], default="jeffreys")
-    sc = verbs.add_parser("scores", help="epsilon estimates from your own attack's scores (higher = member)")
+    sc = verbs.add_parser("scores", formatter_class=DefaultsFormatter, help="epsilon estimates from your own attack's scores (higher = member)")
     sc.add_argument("--members", required=True, help="scores of members: a .npy array or one number per line")
     sc.add_argument("--non-members", required=True, help="scores of non-members, in the same form")
     sc.add_argument("--delta", type=float, required=True, help="the delta of the guarantee being audited")
@@ -163,7 +173,7 @@ def _add_audit_parser(sub) -> None:
     sc.add_argument("--seed", type=int, default=0, help="seeds the split into threshold and counted halves "
                                                          "(default: 0)")
     sc.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    m = verbs.add_parser("mia", help="train models with canaries, attack them, estimate and store epsilon")
+    m = verbs.add_parser("mia", formatter_class=DefaultsFormatter, help="train models with canaries, attack them, estimate and store epsilon")
     m.add_argument("--dataset", default=None, help="a built-in name or a path to your own .npz")
     m.add_argument("--model", default=None, help="a zoo name or your own package.module:function")
     m.add_argument("--epsilon", default=None, help="claimed epsilon to train at; 'inf' for a non-private reference")
@@ -180,7 +190,7 @@ def _add_audit_parser(sub) -> None:
     m.add_argument("--run", type=int, metavar="RUN_ID", help="audit with a stored run's training configuration")
     m.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
     m.add_argument("--data-dir")
-    o = verbs.add_parser("oars", help="black-box attacks against stateful defenses, standard and OARS form")
+    o = verbs.add_parser("oars", formatter_class=DefaultsFormatter, help="black-box attacks against stateful defenses, standard and OARS form")
     o.add_argument("--run", type=int, metavar="RUN_ID", help="attack the model of a stored training run")
     o.add_argument("--dataset", default=None, help="a built-in name or a path to your own .npz")
     o.add_argument("--model", default=None, help="zoo model to train (non-private) and attack, when no --run")
@@ -202,7 +212,7 @@ def _add_audit_parser(sub) -> None:
 
     _show_defaults(m, MIAConfig)
     _show_defaults(o, DefenseAuditConfig)
-    r = verbs.add_parser("run", help="run an audit plan (audits/NAME.toml)")
+    r = verbs.add_parser("run", formatter_class=DefaultsFormatter, help="run an audit plan (audits/NAME.toml)")
     r.add_argument("plan")
     r.add_argument("--store")
     r.add_argument("--backend", choices=["local", "ray"], default=None)
@@ -319,7 +329,7 @@ def _defense_audit_config(args: argparse.Namespace, store):
 
 
 def _add_runs_parser(sub) -> None:
-    p = sub.add_parser("runs", help="list the store's runs and audits, with their status (a dead owner's show as interrupted)")
+    p = sub.add_parser("runs", formatter_class=DefaultsFormatter, help="list the store's runs and audits, with their status (a dead owner's show as interrupted)")
     p.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
 
 
@@ -348,7 +358,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _add_demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="train MNIST under a budget, audit it, and say how to open the dashboard")
+    p = sub.add_parser("demo", formatter_class=DefaultsFormatter, help="train MNIST under a budget, audit it, and say how to open the dashboard")
     p.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--subset", type=int, default=None, help="train on fewer examples (a quicker demo)")
@@ -387,7 +397,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_dashboard_parser(sub) -> None:
-    p = sub.add_parser("dashboard", help="review runs and audits in the Streamlit dashboard")
+    p = sub.add_parser("dashboard", formatter_class=DefaultsFormatter, help="review runs and audits in the Streamlit dashboard")
     p.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--address", default="127.0.0.1", help="interface to listen on (default: this machine only)")
@@ -431,6 +441,16 @@ def _show_defaults(parser: argparse.ArgumentParser, config_cls) -> None:
             action.help = f"{action.help or action.dest.replace('_', ' ')} (default: {shown})"
 
 
+def _name_unexplained_options(parser: argparse.ArgumentParser) -> None:
+    """Give an option without help text its name as help, so that --help still shows its default."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _name_unexplained_options(child)
+        elif action.option_strings and not action.help:
+            action.help = action.dest.replace("_", " ")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dpplat import __version__
 
@@ -442,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dashboard_parser(sub)
     _add_runs_parser(sub)
     _add_demo_parser(sub)
+    _name_unexplained_options(parser)
     return parser
 
 
