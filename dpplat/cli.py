@@ -1,4 +1,5 @@
-"""``dpplat train | audit | dashboard``: the command-line surface."""
+"""``dpplat train | audit | dashboard | runs | demo``: the command-line surface (the audit verbs are in
+:mod:`dpplat.cli_audit`)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,9 @@ import warnings
 from pathlib import Path
 from typing import NoReturn
 
+from dpplat.cli_audit import add_audit_parser, run_audit
+from dpplat.cli_help import DefaultsFormatter, name_unexplained_options, show_defaults
 from dpplat.store import StoreError, default_store_path
-
-
-class DefaultsFormatter(argparse.HelpFormatter):
-    """Help that ends each option with its default, unless the text already gives it or there is none."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
-            return text
-        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
 
 
 def _add_train_parser(sub) -> None:
@@ -65,7 +58,7 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar; print only the result line")
     from dpplat.training import TrainConfig
 
-    _show_defaults(p, TrainConfig)
+    show_defaults(p, TrainConfig)
 
 
 def train_config_from_args(args: argparse.Namespace):
@@ -151,181 +144,6 @@ def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
             continue
         seen.add(text)
         print(f"dpplat: warning: {text}", file=sys.stderr)
-
-
-def _add_audit_parser(sub) -> None:
-    p = sub.add_parser("audit", formatter_class=DefaultsFormatter, help="measure privacy (membership inference) or attack a model's stateful defenses")
-    verbs = p.add_subparsers(dest="verb", required=True)
-    e = verbs.add_parser("estimate", formatter_class=DefaultsFormatter, help="epsilon interval from an attack's error counts")
-    e.add_argument("--fp", type=int, required=True, help="false positives (non-members called members)")
-    e.add_argument("--fn", type=int, required=True, help="false negatives (members called non-members)")
-    e.add_argument("--negatives", type=int, required=True)
-    e.add_argument("--positives", type=int, required=True)
-    e.add_argument("--delta", type=float, required=True)
-    e.add_argument("--confidence", type=float, default=0.95)
-    e.add_argument("--method", choices=["bayes", "clopper-pearson", "both"], default="both")
-    e.add_argument("--prior", choices=["jeffreys", "uniform"], default="jeffreys")
-    sc = verbs.add_parser("scores", formatter_class=DefaultsFormatter, help="epsilon estimates from your own attack's scores (higher = member)")
-    sc.add_argument("--members", required=True, help="scores of members: a .npy array or one number per line")
-    sc.add_argument("--non-members", required=True, help="scores of non-members, in the same form")
-    sc.add_argument("--delta", type=float, required=True, help="the delta of the guarantee being audited")
-    sc.add_argument("--confidence", type=float, default=0.95, help="confidence of the bounds (default: 0.95)")
-    sc.add_argument("--seed", type=int, default=0, help="seeds the split into threshold and counted halves "
-                                                         "(default: 0)")
-    sc.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    m = verbs.add_parser("mia", formatter_class=DefaultsFormatter, help="train models with canaries, attack them, estimate and store epsilon")
-    m.add_argument("--dataset", default=None, help="a built-in name or a path to your own .npz")
-    m.add_argument("--model", default=None, help="a zoo name or your own package.module:function")
-    m.add_argument("--epsilon", default=None, help="claimed epsilon to train at; 'inf' for a non-private reference")
-    m.add_argument("--delta", type=float, default=None)
-    m.add_argument("--models", type=int, default=None)
-    m.add_argument("--challenges", type=int, default=None)
-    m.add_argument("--base-size", type=int, default=None, help="training examples besides the canaries")
-    m.add_argument("--epochs", type=int, default=None)
-    m.add_argument("--attack", choices=["loss", "confidence", "lira-offline", "lira-online"], default=None)
-    m.add_argument("--canary", choices=["mislabeled", "natural"], default=None)
-    m.add_argument("--backend", choices=["local", "ray"], default=None)
-    m.add_argument("--workers", type=int, default=None)
-    m.add_argument("--seed", type=int, default=None)
-    m.add_argument("--run", type=int, metavar="RUN_ID", help="audit with a stored run's training configuration")
-    m.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
-    m.add_argument("--data-dir")
-    o = verbs.add_parser("oars", formatter_class=DefaultsFormatter, help="black-box attacks against stateful defenses, standard and OARS form")
-    o.add_argument("--run", type=int, metavar="RUN_ID", help="attack the model of a stored training run")
-    o.add_argument("--dataset", default=None, help="a built-in name or a path to your own .npz")
-    o.add_argument("--model", default=None, help="zoo model to train (non-private) and attack, when no --run")
-    o.add_argument("--defense", default=None, help="blacklight, piha, stateful-detection, none, or a comma list")
-    o.add_argument("--attack", default=None, help="nes, square, hsja, qeba, surfree, boundary, or a comma list")
-    o.add_argument("--mode", choices=["standard", "oars", "both"], default=None)
-    o.add_argument("--images", type=int, default=None)
-    o.add_argument("--budget", type=int, default=None, help="queries per image, rejected ones included")
-    o.add_argument("--eps-linf", type=float, default=None)
-    o.add_argument("--eps-l2", type=float, default=None, help="L2 budget, normalised by sqrt(pixels)")
-    o.add_argument("--policy", choices=["reject", "silent", "flush", "ban-count"], default=None)
-    o.add_argument("--backend", choices=["local", "ray"], default=None)
-    o.add_argument("--workers", type=int, default=None)
-    o.add_argument("--seed", type=int, default=None)
-    o.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
-    o.add_argument("--data-dir")
-    from dpplat.audits.defense_audit import DefenseAuditConfig
-    from dpplat.audits.mia import MIAConfig
-
-    _show_defaults(m, MIAConfig)
-    _show_defaults(o, DefenseAuditConfig)
-    r = verbs.add_parser("run", formatter_class=DefaultsFormatter, help="run an audit plan (audits/NAME.toml)")
-    r.add_argument("plan")
-    r.add_argument("--store")
-    r.add_argument("--backend", choices=["local", "ray"], default=None)
-
-
-def _audit_scores(args: argparse.Namespace) -> int:
-    import json
-
-    from dpplat.audits import audit_scores, read_scores
-
-    result = audit_scores(read_scores(args.members, "members"), read_scores(args.non_members, "non-members"),
-                          delta=args.delta, confidence=args.confidence, seed=args.seed)
-    if args.json:
-        print(json.dumps(result.as_dict()))
-        return 0
-    r = result
-    pct = f"{r.confidence:.0%}"
-    print(f"Threshold {r.threshold:.6g} (chosen on half the scores); counted: FP {r.fp} of {r.negatives} non-members, "
-          f"FN {r.fn} of {r.positives} members, delta {r.delta:g}")
-    print(f"Bayesian (Jeffreys): epsilon in [{r.low:.3f}, {r.high:.3f}] ({pct}), lower bound {r.lower_bound:.3f}")
-    print(f"Clopper-Pearson lower bound {r.clopper_pearson_lower_bound:.3f}; one-run lower bound "
-          f"{r.one_run_lower_bound:.3f}")
-    return 0
-
-
-def _audit(args: argparse.Namespace) -> int:
-    if args.verb == "scores":
-        return _audit_scores(args)
-    if args.verb == "estimate":
-        from dpplat.audits import estimate_epsilon
-
-        methods = ["bayes", "clopper-pearson"] if args.method == "both" else [args.method]
-        estimates = [(method, estimate_epsilon(args.fp, args.fn, args.negatives, args.positives, args.delta,
-                                               args.confidence, method=method, prior=args.prior))
-                     for method in methods]  # all computed (and the inputs checked) before anything is printed
-        print(f"FP {args.fp}/{args.negatives}, FN {args.fn}/{args.positives}, delta {args.delta:g}, "
-              f"confidence {args.confidence:g}")
-        print(f"{'method':<18}{'low':>10}{'high':>10}{'width':>10}{'one-sided lower bound':>24}")
-        for method, r in estimates:
-            label = f"bayes ({args.prior})" if method == "bayes" else method
-            print(f"{label:<18}{r.low:>10.4f}{r.high:>10.4f}{r.width:>10.4f}{r.lower_bound:>24.4f}")
-        return 0
-
-    from dpplat.audits.defense_audit import DefenseAuditConfig, format_table
-    from dpplat.audits.mia import MIAConfig, format_report
-    from dpplat.audits.plans import parse_epsilon, load_plan, run_and_store
-    from dpplat.interrupts import graceful_stop
-    from dpplat.store import RunStore
-    from dpplat.training import TrainConfig
-
-    plan = load_plan(args.plan) if args.verb == "run" else None  # a bad plan is refused before the store is touched
-    store = RunStore(args.store or default_store_path())
-    run_id = None
-    if args.verb == "run":
-        config = plan
-        if args.backend:
-            config.backend = args.backend
-    elif args.verb == "oars":
-        config = _defense_audit_config(args, store)
-        run_id = config.run_id
-    else:
-        config = MIAConfig()
-        if args.run is not None:
-            run = store.get_run(args.run)
-            config.train = TrainConfig.from_stored(run.config)
-            config.dataset = run.dataset
-            config.epsilon = run["target_epsilon"] if run["target_epsilon"] else math.inf
-            config.delta = run.delta or config.delta
-            run_id = args.run
-        for name in ("dataset", "delta", "models", "challenges", "base_size", "attack", "canary", "backend",
-                     "workers", "seed", "data_dir"):
-            if getattr(args, name) is not None:
-                setattr(config, name, getattr(args, name))
-        if args.epsilon is not None:
-            config.epsilon = parse_epsilon(args.epsilon)
-        if args.model is not None:
-            config.train.model = args.model
-        if args.epochs is not None:
-            config.train.epochs = args.epochs
-    config.validate()
-    with graceful_stop(immediate=True) as stop:
-        try:
-            audit_id, results = run_and_store(config, store, run_id=run_id,
-                                              progress=lambda m: print(m, file=sys.stderr))
-        except KeyboardInterrupt:
-            print(f"dpplat audit: interrupted by {stop.reason}; the audit is recorded as interrupted, and running the "
-                  "same command again resumes it from its finished work files.", file=sys.stderr)
-            return stop.exit_code
-    print(format_table(results) if isinstance(config, DefenseAuditConfig) else format_report(results))
-    print(f"Audit {audit_id} stored in {store.path.resolve()}")
-    return 0
-
-
-def _defense_audit_config(args: argparse.Namespace, store):
-    from dpplat.audits.defense_audit import DefenseAuditConfig
-
-    config = DefenseAuditConfig()
-    if args.run is not None:
-        run = store.get_run(args.run)
-        config.run_id, config.dataset, config.model = args.run, run.dataset, run.model
-    split = lambda value: [v.strip() for v in value.split(",") if v.strip()]  # noqa: E731
-    if args.defense is not None:
-        config.defenses = split(args.defense)
-    if args.attack is not None:
-        config.attacks = split(args.attack)
-    if args.mode is not None:
-        config.modes = ["standard", "oars"] if args.mode == "both" else [args.mode]
-    for name in ("dataset", "model", "images", "budget", "eps_linf", "eps_l2", "policy", "backend", "workers", "seed",
-                 "data_dir"):
-        if getattr(args, name) is not None:
-            setattr(config, name, getattr(args, name))
-    config.validate()
-    return config
 
 
 def _add_runs_parser(sub) -> None:
@@ -428,29 +246,6 @@ def _dashboard(args: argparse.Namespace) -> NoReturn:
     os.execv(command[0], command)
 
 
-def _show_defaults(parser: argparse.ArgumentParser, config_cls) -> None:
-    """Append each flag's default, taken from the configuration class it fills, to its help text."""
-    import dataclasses
-
-    defaults = {f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING}
-    for action in parser._actions:
-        if action.dest in defaults and defaults[action.dest] is not None and action.default is None \
-                and "default" not in (action.help or ""):
-            value = defaults[action.dest]
-            shown = ",".join(value) if isinstance(value, (list, tuple)) else value
-            action.help = f"{action.help or action.dest.replace('_', ' ')} (default: {shown})"
-
-
-def _name_unexplained_options(parser: argparse.ArgumentParser) -> None:
-    """Give an option without help text its name as help, so that --help still shows its default."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                _name_unexplained_options(child)
-        elif action.option_strings and not action.help:
-            action.help = action.dest.replace("_", " ")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from dpplat import __version__
 
@@ -458,11 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dpplat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
-    _add_audit_parser(sub)
+    add_audit_parser(sub)
     _add_dashboard_parser(sub)
     _add_runs_parser(sub)
     _add_demo_parser(sub)
-    _name_unexplained_options(parser)
+    name_unexplained_options(parser)
     return parser
 
 
@@ -473,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Opacus's RDP conversion hint (also raised inside the PRV accountant) says nothing a user can act on.
     warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-    handlers = {"train": _train, "audit": _audit, "dashboard": _dashboard, "runs": _runs, "demo": _demo}
+    handlers = {"train": _train, "audit": run_audit, "dashboard": _dashboard, "runs": _runs, "demo": _demo}
     try:
         return handlers[args.command](args)
     except (ValueError, StoreError, DatasetError, FileNotFoundError, KeyError, RankFailed) as err:

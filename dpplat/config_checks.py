@@ -43,11 +43,10 @@ def _describe(expected: Any) -> str:
         return text + (" (or left out)" if len(options) < len(typing.get_args(expected)) else "")
     if origin is list:
         (item,) = typing.get_args(expected)
-        return f"a list of {_describe(item).removeprefix('a ').removeprefix('an ')}s, e.g. [\"a\", \"b\"]" \
-            if item is str else f"a list of {_describe(item)}"
-    names = {float: "a number", int: "an integer", bool: "true or false", str: "a string", dict: "a table"}
+        return 'a list of strings, e.g. ["a", "b"]' if item is str else f"a list, each {_describe(item)}"
     if origin is dict:
         return "a table"
+    names = {float: "a number", int: "an integer", bool: "true or false", str: "a string", dict: "a table"}
     return names.get(expected, getattr(expected, "__name__", str(expected)))
 
 

@@ -30,19 +30,19 @@ from dpplat.user_data import is_user_dataset, user_arrays, user_dataset_info
 DATASETS = {
     "mnist": DatasetInfo(
         "mnist", "mnist.npz", "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64",
-        1, 28, tuple(str(i) for i in range(10)), (0.1307,), (0.3081,),
+        1, 28, tuple(str(i) for i in range(10)), (0.1307,), (0.3081,), 60_000, 10_000,
     ),
     "fashion-mnist": DatasetInfo(
         "fashion-mnist", "fashion_mnist.npz", "5b6d2c4c694a91887af8ab7d039c04f80af3c29378d731c93a538d2e831aa469",
         1, 28,
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        (0.2860,), (0.3530,),
+        (0.2860,), (0.3530,), 60_000, 10_000,
     ),
     "cifar10": DatasetInfo(
         "cifar10", "cifar10_jpeg.npz", "69d0ed7bc1268a2305a7504036283dfa16c191ca0fb1d1e56401360066d64fe8",
         3, 32,
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 50_000, 10_000,
     ),
 }
 
@@ -78,6 +78,13 @@ def check_dataset_name(name: str) -> None:
     if not (is_builtin(name) or is_user_dataset(name)):
         raise ValueError(f"dataset {name!r} is neither a built-in dataset ({', '.join(sorted(DATASETS))}) nor a "
                          "path to an .npz file with x_train, y_train, x_test and y_test.")
+
+
+def canonical_dataset(name):
+    """A built-in name as it is; a user's ``.npz`` as an absolute path, so a stored config finds it from any folder."""
+    if isinstance(name, str) and is_user_dataset(name):
+        return str(Path(name).expanduser().resolve())
+    return name
 
 
 def dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetInfo:

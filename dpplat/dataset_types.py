@@ -19,3 +19,5 @@ class DatasetInfo:
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    train_size: int  # examples in each split: what a draw from the dataset may take at most
+    test_size: int

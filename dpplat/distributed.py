@@ -9,18 +9,20 @@ store and the checkpoints and evaluates. For several hosts, start the same loop 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
 import socket
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dpplat.devices import rank_device
-from dpplat.training import NullStore, TrainConfig, train
+from dpplat.training import TrainConfig, train
 
 TIMEOUT = datetime.timedelta(seconds=120)  # a dead rank stops the others within this time
 
@@ -62,6 +64,31 @@ def _run_rank(rank: int, world: int, config: dict, store_path: str, quiet: bool)
             print(result.statement)
     finally:
         dist.destroy_process_group()
+
+
+class NullStore:
+    """The store of a data-parallel rank other than 0: the run is stored once, by rank 0."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def create_run(self, **_) -> int:
+        return 0
+
+    def update_run(self, *_, **__) -> None:
+        pass
+
+    def log_step(self, *_, **__) -> None:
+        pass
+
+    def charge_step(self, *_, **__) -> None:
+        pass
+
+    def add_artifact(self, **_) -> int:
+        return 0
+
+    def heartbeat(self, *_) -> contextlib.nullcontext:
+        return contextlib.nullcontext()
 
 
 class RankFailed(RuntimeError):

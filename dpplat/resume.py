@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from dpplat.engine import PrivacyEngine
     from dpplat.training import TrainConfig
 
-RESUMABLE = ("interrupted", "running", "failed")
+RESUMABLE = ("interrupted", "running")  # a running row whose owner is gone reads as interrupted
 
 
 def resumable_config(store: RunStore, run_id: int) -> "TrainConfig":

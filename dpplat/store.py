@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from dpplat.owners import STALE_AFTER, Heartbeat, live_status, pid_alive  # noqa: F401  (the store's public names)
+from dpplat.owners import STALE_AFTER, Heartbeat, live_status  # noqa: F401  (STALE_AFTER: part of the store's API)
 from dpplat.store_schema import MIGRATIONS
 
 APPLICATION_ID = 0x44505054  # "DPPT": marks a SQLite file as a dpplat store

@@ -9,7 +9,6 @@ is never under-reported after a crash.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import sys
@@ -87,8 +86,7 @@ class TrainConfig:
         return cls(**known, extra={**extra, **known.pop("extra", {})})
 
     def __post_init__(self) -> None:
-        if isinstance(self.dataset, str) and datasets.is_user_dataset(self.dataset):
-            self.dataset = str(Path(self.dataset).expanduser().resolve())  # the stored run finds it from any folder
+        self.dataset = datasets.canonical_dataset(self.dataset)
         self.validate()
 
     @staticmethod
@@ -270,7 +268,7 @@ def train(
     (:mod:`dpplat.resume`). When ``stop`` is set (SIGINT or SIGTERM, see
     :mod:`dpplat.interrupts`) the loop ends between steps with a checkpoint and status
     ``interrupted``. In data-parallel training every rank runs this loop; only the
-    ``main_process`` (rank 0) evaluates and writes checkpoints, and the others get a :class:`NullStore`.
+    ``main_process`` (rank 0) evaluates and writes checkpoints, and the others get a :class:`dpplat.distributed.NullStore`.
     """
     started = time.time()
     if resume is not None:
@@ -382,28 +380,3 @@ def train(
                          statement=statement, finished_at=time.time())
     return TrainResult(run_id, accuracy, epsilon, config.delta, step, status, statement, time.time() - started,
                        store.path, (ema.model if ema is not None else model).cpu())
-
-
-class NullStore:
-    """The store of a data-parallel rank other than 0: the run is stored once, by rank 0."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def create_run(self, **_) -> int:
-        return 0
-
-    def update_run(self, *_, **__) -> None:
-        pass
-
-    def log_step(self, *_, **__) -> None:
-        pass
-
-    def charge_step(self, *_, **__) -> None:
-        pass
-
-    def add_artifact(self, **_) -> int:
-        return 0
-
-    def heartbeat(self, *_) -> contextlib.nullcontext:
-        return contextlib.nullcontext()

@@ -107,4 +107,4 @@ def user_dataset_info(path: str | Path) -> DatasetInfo:
     channels = 1 if x.ndim == 3 else x.shape[3]
     classes = int(arrays["y_train"].max()) + 1
     return DatasetInfo(str(path), str(path), "", channels, x.shape[1], tuple(str(i) for i in range(classes)),
-                       (0.5,) * channels, (0.5,) * channels)
+                       (0.5,) * channels, (0.5,) * channels, len(x), len(arrays["x_test"]))

@@ -61,8 +61,7 @@ class DefenseAuditConfig:
     run_id: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.dataset, str) and datasets.is_user_dataset(self.dataset):
-            self.dataset = str(Path(self.dataset).expanduser().resolve())
+        self.dataset = datasets.canonical_dataset(self.dataset)
         self.validate()
 
     def validate(self) -> None:
@@ -114,7 +113,8 @@ def config_key(config: DefenseAuditConfig, source: dict | None = None) -> str:
 
 def _available(config: DefenseAuditConfig, split: str) -> int:
     """How many images the split holds: a small dataset of the user's caps every draw from it."""
-    return len(datasets.load_arrays(config.dataset, config.data_dir)[f"y_{split}"])
+    info = datasets.dataset_info(config.dataset, config.data_dir)
+    return info.train_size if split == "train" else info.test_size
 
 
 def _target_config(config: DefenseAuditConfig) -> TrainConfig:

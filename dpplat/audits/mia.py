@@ -30,7 +30,7 @@ from dpplat.audits.one_run import one_run_lower_bound
 from dpplat.audits.roc import roc_curve
 from dpplat.audits.scores import ATTACKS, attack_scores
 from dpplat.config_checks import check_choice, check_range, check_types
-from dpplat.data import check_dataset_name, dataset_info, is_user_dataset
+from dpplat.data import canonical_dataset, check_dataset_name, dataset_info
 from dpplat.training import TrainConfig
 
 INDEPENDENCE_NOTE = (
@@ -62,8 +62,7 @@ class MIAConfig:
         model="mlp", epochs=10, batch_size=128, lr=0.5, momentum=0.9, max_grad_norm=1.0, accountant="rdp"))
 
     def __post_init__(self) -> None:
-        if isinstance(self.dataset, str) and is_user_dataset(self.dataset):
-            self.dataset = str(Path(self.dataset).expanduser().resolve())
+        self.dataset = canonical_dataset(self.dataset)
         self.validate()
 
     def validate(self) -> None:

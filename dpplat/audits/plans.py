@@ -113,9 +113,9 @@ def _run_defense_audit(config: DefenseAuditConfig, store: RunStore, progress) ->
     source = None
     model = None
     if config.run_id is not None:
-        model = load_run_model(store, config.run_id)[0].model
-        identity = load_run_checkpoint(store, config.run_id)["extra"]["identity"]
-        source = {"store_id": store.store_id, "run_id": config.run_id, "step": identity["step"]}
+        state = load_run_checkpoint(store, config.run_id)
+        model = load_run_model(store, config.run_id, state)[0].model
+        source = {"store_id": store.store_id, "run_id": config.run_id, "step": state["extra"]["identity"]["step"]}
     # keyed by the run's checkpoint too: a run trained further is a new model, with new records
     workdir = store.work_dir / "audits" / f"oars-{config_key(config, source)}"
     audit_id = store.create_audit(kind="oars", params=dataclasses.asdict(config), run_id=config.run_id)

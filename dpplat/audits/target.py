@@ -40,11 +40,15 @@ def pixel_images(dataset: str, split: str, *, subset: int | None = None, seed: i
     return ds.tensors
 
 
-def load_run_model(store: RunStore, run_id: int) -> tuple[PixelClassifier, str]:
-    """The model a stored training run produced (its EMA weights when it kept them)."""
+def load_run_model(store: RunStore, run_id: int, state: dict | None = None) -> tuple[PixelClassifier, str]:
+    """The model a stored training run produced (its EMA weights when it kept them).
+
+    ``state`` is the run's checkpoint when the caller has already read it with :func:`load_run_checkpoint`.
+    """
     run = store.get_run(run_id)
     config = TrainConfig.from_stored(run.config)
-    state = load_run_checkpoint(store, run_id)  # checked: this store's, this run's, not older than recorded
+    if state is None:
+        state = load_run_checkpoint(store, run_id)  # checked: this store's, this run's, not older than recorded
     if state is None:
         raise FileNotFoundError(f"run {run_id} has no checkpoint ({checkpoint_path(store, run_id)}); train it again "
                                 "or pass --model and --dataset instead of --run.")

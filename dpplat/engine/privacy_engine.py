@@ -98,13 +98,20 @@ class PrivacyEngine:
         distributed = world_size > 1
         if distributed and not poisson_sampling:
             raise ValueError("distributed training needs poisson_sampling=True (the sample is drawn once, globally).")
+        # q = 1 / len(loader), as Opacus does; a PoissonDataLoader keeps its own
+        sample_rate = data_loader.sample_rate if isinstance(data_loader, PoissonDataLoader) else 1.0 / len(data_loader)
+        if target_epsilon is not None:  # refused before any state is built
+            one_step = accounting.epsilon_of(self.accountant, target_delta, accounting.with_steps(
+                self.accountant.history, noise_multiplier, sample_rate, 1))
+            if one_step > target_epsilon:
+                raise ValueError(f"one step at noise multiplier {noise_multiplier:g} and sample rate {sample_rate:.4g} already "
+                                 f"spends epsilon = {one_step:.4g}, more than the budget of {target_epsilon:g}: raise "
+                                 "the noise multiplier (--sigma) or the budget (--epsilon).")
         if poisson_sampling:
             data_loader = PoissonDataLoader.from_data_loader(data_loader, generator=noise_generator, secure=self.secure_mode,
                                                              rank=rank, world_size=world_size)
-            sample_rate = data_loader.sample_rate
             expected_batch_size = sample_rate * dataset_size
         else:
-            sample_rate = 1.0 / len(data_loader)
             expected_batch_size = data_loader.batch_size
             if expected_batch_size is None:
                 raise ValueError("without Poisson sampling the data loader needs a fixed batch_size.")
@@ -123,13 +130,6 @@ class PrivacyEngine:
         self.sample_rate, self.dataset_size, self.poisson_sampling = sample_rate, dataset_size, poisson_sampling
         self.target_epsilon, self.target_delta = target_epsilon, target_delta
         self._refresh_budget()
-        if target_epsilon is not None and self.optimizer.steps_left == 0:
-            spent = accounting.epsilon_of(self.accountant, target_delta, accounting.with_steps(
-                self.accountant.history, noise_multiplier, sample_rate, 1))
-            self.module = self.optimizer = self.data_loader = None
-            raise ValueError(f"one step at noise multiplier {noise_multiplier:g} and sample rate {sample_rate:.4g} "
-                             f"already spends epsilon = {spent:.4g}, more than the budget of {target_epsilon:g}: "
-                             "raise the noise multiplier (--sigma) or the budget (--epsilon).")
         return dp_module, dp_optimizer, data_loader
 
     def record_release(self, noise_multiplier: float, sample_rate: float = 1.0, count: int = 1) -> None:

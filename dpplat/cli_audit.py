@@ -1,0 +1,185 @@
+"""``dpplat audit estimate | scores | mia | oars | run``: the audit verbs of the command line."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from dpplat.cli_help import DefaultsFormatter, show_defaults
+from dpplat.store import default_store_path
+
+
+def add_audit_parser(sub) -> None:
+    p = sub.add_parser("audit", formatter_class=DefaultsFormatter, help="measure privacy (membership inference) or attack a model's stateful defenses")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    e = verbs.add_parser("estimate", formatter_class=DefaultsFormatter, help="epsilon interval from an attack's error counts")
+    e.add_argument("--fp", type=int, required=True, help="false positives (non-members called members)")
+    e.add_argument("--fn", type=int, required=True, help="false negatives (members called non-members)")
+    e.add_argument("--negatives", type=int, required=True)
+    e.add_argument("--positives", type=int, required=True)
+    e.add_argument("--delta", type=float, required=True)
+    e.add_argument("--confidence", type=float, default=0.95)
+    e.add_argument("--method", choices=["bayes", "clopper-pearson", "both"], default="both")
+    e.add_argument("--prior", choices=["jeffreys", "uniform"], default="jeffreys")
+    sc = verbs.add_parser("scores", formatter_class=DefaultsFormatter, help="epsilon estimates from your own attack's scores (higher = member)")
+    sc.add_argument("--members", required=True, help="scores of members: a .npy array or one number per line")
+    sc.add_argument("--non-members", required=True, help="scores of non-members, in the same form")
+    sc.add_argument("--delta", type=float, required=True, help="the delta of the guarantee being audited")
+    sc.add_argument("--confidence", type=float, default=0.95, help="confidence of the bounds (default: 0.95)")
+    sc.add_argument("--seed", type=int, default=0, help="seeds the split into threshold and counted halves "
+                                                         "(default: 0)")
+    sc.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    m = verbs.add_parser("mia", formatter_class=DefaultsFormatter, help="train models with canaries, attack them, estimate and store epsilon")
+    m.add_argument("--dataset", default=None, help="a built-in name or a path to your own .npz")
+    m.add_argument("--model", default=None, help="a zoo name or your own package.module:function")
+    m.add_argument("--epsilon", default=None, help="claimed epsilon to train at; 'inf' for a non-private reference")
+    m.add_argument("--delta", type=float, default=None)
+    m.add_argument("--models", type=int, default=None)
+    m.add_argument("--challenges", type=int, default=None)
+    m.add_argument("--base-size", type=int, default=None, help="training examples besides the canaries")
+    m.add_argument("--epochs", type=int, default=None)
+    m.add_argument("--attack", choices=["loss", "confidence", "lira-offline", "lira-online"], default=None)
+    m.add_argument("--canary", choices=["mislabeled", "natural"], default=None)
+    m.add_argument("--backend", choices=["local", "ray"], default=None)
+    m.add_argument("--workers", type=int, default=None)
+    m.add_argument("--seed", type=int, default=None)
+    m.add_argument("--run", type=int, metavar="RUN_ID", help="audit with a stored run's training configuration")
+    m.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
+    m.add_argument("--data-dir")
+    o = verbs.add_parser("oars", formatter_class=DefaultsFormatter, help="black-box attacks against stateful defenses, standard and OARS form")
+    o.add_argument("--run", type=int, metavar="RUN_ID", help="attack the model of a stored training run")
+    o.add_argument("--dataset", default=None, help="a built-in name or a path to your own .npz")
+    o.add_argument("--model", default=None, help="zoo model to train (non-private) and attack, when no --run")
+    o.add_argument("--defense", default=None, help="blacklight, piha, stateful-detection, none, or a comma list")
+    o.add_argument("--attack", default=None, help="nes, square, hsja, qeba, surfree, boundary, or a comma list")
+    o.add_argument("--mode", choices=["standard", "oars", "both"], default=None)
+    o.add_argument("--images", type=int, default=None)
+    o.add_argument("--budget", type=int, default=None, help="queries per image, rejected ones included")
+    o.add_argument("--eps-linf", type=float, default=None)
+    o.add_argument("--eps-l2", type=float, default=None, help="L2 budget, normalised by sqrt(pixels)")
+    o.add_argument("--policy", choices=["reject", "silent", "flush", "ban-count"], default=None)
+    o.add_argument("--backend", choices=["local", "ray"], default=None)
+    o.add_argument("--workers", type=int, default=None)
+    o.add_argument("--seed", type=int, default=None)
+    o.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
+    o.add_argument("--data-dir")
+    from dpplat.audits.defense_audit import DefenseAuditConfig
+    from dpplat.audits.mia import MIAConfig
+
+    show_defaults(m, MIAConfig)
+    show_defaults(o, DefenseAuditConfig)
+    r = verbs.add_parser("run", formatter_class=DefaultsFormatter, help="run an audit plan (audits/NAME.toml)")
+    r.add_argument("plan")
+    r.add_argument("--store")
+    r.add_argument("--backend", choices=["local", "ray"], default=None)
+
+
+def _audit_scores(args: argparse.Namespace) -> int:
+    import json
+
+    from dpplat.audits import audit_scores, read_scores
+
+    result = audit_scores(read_scores(args.members, "members"), read_scores(args.non_members, "non-members"),
+                          delta=args.delta, confidence=args.confidence, seed=args.seed)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+        return 0
+    r = result
+    pct = f"{r.confidence:.0%}"
+    print(f"Threshold {r.threshold:.6g} (chosen on half the scores); counted: FP {r.fp} of {r.negatives} non-members, "
+          f"FN {r.fn} of {r.positives} members, delta {r.delta:g}")
+    print(f"Bayesian (Jeffreys): epsilon in [{r.low:.3f}, {r.high:.3f}] ({pct}), lower bound {r.lower_bound:.3f}")
+    print(f"Clopper-Pearson lower bound {r.clopper_pearson_lower_bound:.3f}; one-run lower bound "
+          f"{r.one_run_lower_bound:.3f}")
+    return 0
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    if args.verb == "scores":
+        return _audit_scores(args)
+    if args.verb == "estimate":
+        from dpplat.audits import estimate_epsilon
+
+        methods = ["bayes", "clopper-pearson"] if args.method == "both" else [args.method]
+        estimates = [(method, estimate_epsilon(args.fp, args.fn, args.negatives, args.positives, args.delta,
+                                               args.confidence, method=method, prior=args.prior))
+                     for method in methods]  # all computed (and the inputs checked) before anything is printed
+        print(f"FP {args.fp}/{args.negatives}, FN {args.fn}/{args.positives}, delta {args.delta:g}, "
+              f"confidence {args.confidence:g}")
+        print(f"{'method':<18}{'low':>10}{'high':>10}{'width':>10}{'one-sided lower bound':>24}")
+        for method, r in estimates:
+            label = f"bayes ({args.prior})" if method == "bayes" else method
+            print(f"{label:<18}{r.low:>10.4f}{r.high:>10.4f}{r.width:>10.4f}{r.lower_bound:>24.4f}")
+        return 0
+
+    from dpplat.audits.defense_audit import DefenseAuditConfig, format_table
+    from dpplat.audits.mia import MIAConfig, format_report
+    from dpplat.audits.plans import parse_epsilon, load_plan, run_and_store
+    from dpplat.interrupts import graceful_stop
+    from dpplat.store import RunStore
+    from dpplat.training import TrainConfig
+
+    plan = load_plan(args.plan) if args.verb == "run" else None  # a bad plan is refused before the store is touched
+    store = RunStore(args.store or default_store_path())
+    run_id = None
+    if args.verb == "run":
+        config = plan
+        if args.backend:
+            config.backend = args.backend
+    elif args.verb == "oars":
+        config = _defense_audit_config(args, store)
+        run_id = config.run_id
+    else:
+        config = MIAConfig()
+        if args.run is not None:
+            run = store.get_run(args.run)
+            config.train = TrainConfig.from_stored(run.config)
+            config.dataset = run.dataset
+            config.epsilon = run["target_epsilon"] if run["target_epsilon"] else math.inf
+            config.delta = run.delta or config.delta
+            run_id = args.run
+        for name in ("dataset", "delta", "models", "challenges", "base_size", "attack", "canary", "backend",
+                     "workers", "seed", "data_dir"):
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
+        if args.epsilon is not None:
+            config.epsilon = parse_epsilon(args.epsilon)
+        if args.model is not None:
+            config.train.model = args.model
+        if args.epochs is not None:
+            config.train.epochs = args.epochs
+    config.validate()
+    with graceful_stop(immediate=True) as stop:
+        try:
+            audit_id, results = run_and_store(config, store, run_id=run_id,
+                                              progress=lambda m: print(m, file=sys.stderr))
+        except KeyboardInterrupt:
+            print(f"dpplat audit: interrupted by {stop.reason}; the audit is recorded as interrupted, and running the "
+                  "same command again resumes it from its finished work files.", file=sys.stderr)
+            return stop.exit_code
+    print(format_table(results) if isinstance(config, DefenseAuditConfig) else format_report(results))
+    print(f"Audit {audit_id} stored in {store.path.resolve()}")
+    return 0
+
+
+def _defense_audit_config(args: argparse.Namespace, store):
+    from dpplat.audits.defense_audit import DefenseAuditConfig
+
+    config = DefenseAuditConfig()
+    if args.run is not None:
+        run = store.get_run(args.run)
+        config.run_id, config.dataset, config.model = args.run, run.dataset, run.model
+    split = lambda value: [v.strip() for v in value.split(",") if v.strip()]  # noqa: E731
+    if args.defense is not None:
+        config.defenses = split(args.defense)
+    if args.attack is not None:
+        config.attacks = split(args.attack)
+    if args.mode is not None:
+        config.modes = ["standard", "oars"] if args.mode == "both" else [args.mode]
+    for name in ("dataset", "model", "images", "budget", "eps_linf", "eps_l2", "policy", "backend", "workers", "seed",
+                 "data_dir"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    config.validate()
+    return config
