@@ -25,7 +25,7 @@ export PYTHONPATH=/tmp/site:$PWD DPPLAT_DATA=$PWD/.devdata PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, opacus, os; print('torch', torch.__version__, '| opacus', opacus.__version__, '|', torch.cuda.is_available() and torch.cuda.get_device_name(), '|', os.cpu_count(), 'cores')"
 say "decoding CIFAR-10 once (cached for the runs)"
-python3 -c "from dpplat.data import load_arrays; load_arrays('cifar10')" || say "CIFAR-10 decode failed"
+python3 -c "from dpplat.data import load_arrays; load_arrays('cifar10-jpeg')" || say "CIFAR-10 decode failed"
 
 runs=/tmp/zoo; mkdir -p "$runs"
 train() {  # NAME, then dpplat train flags; 2 CPU threads each, so that seven runs and the tests share 16 cores
@@ -39,7 +39,7 @@ say "zoo runs start"
 mnist=(--dataset mnist --epsilon 1 --epochs 30 --batch-size 2048 --optimizer adam --lr 0.005 --max-grad-norm 1)
 pids=()  # waited for by id: a bare 'wait' would also wait for the tee behind exec, which never ends
 for model in cnn c4-cnn d4-cnn c8-cnn d8-cnn; do train "mnist-$model-eps1-e30" --model "$model" "${mnist[@]}" & pids+=($!); done
-cifar=(--dataset cifar10 --epsilon 8 --epochs 12 --batch-size 4096 --optimizer adam --lr 0.003 --max-grad-norm 1 --ema-decay 0.97)
+cifar=(--dataset cifar10-jpeg --epsilon 8 --epochs 12 --batch-size 4096 --optimizer adam --lr 0.003 --max-grad-norm 1 --ema-decay 0.97)
 for model in cnn d4-resnet9; do train "cifar10-$model-eps8-e12" --model "$model" "${cifar[@]}" & pids+=($!); done
 
 say "CUDA checks: the per-sample rule tests with the engine on the GPU against the CPU float64 loop"

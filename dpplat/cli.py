@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from dpplat.cli_audit import add_audit_parser, run_audit
-from dpplat.cli_help import DefaultsFormatter, name_unexplained_options, show_defaults
+from dpplat.cli_help import DATASET_HELP, DefaultsFormatter, name_unexplained_options, show_defaults
 from dpplat.store import StoreError, default_store_path
 
 
 def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", formatter_class=DefaultsFormatter, help="train a model under a privacy budget and store the run")
     p.add_argument("--config", help="a TOML recipe (models/*.toml); flags given here override it")
-    p.add_argument("--dataset", help="mnist, fashion-mnist, cifar10, or a path to your own .npz (x_train, y_train, "
-                                     "x_test, y_test)")
+    p.add_argument("--dataset", help=DATASET_HELP)
     p.add_argument("--model", help="a zoo name (dpplat.models.available()) or your own package.module:function, "
                                    "called with num_classes, in_channels and image_size")
     p.add_argument("--epsilon", type=float, help="target epsilon: the budget the run never exceeds "

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
-from dpplat.cli_help import DefaultsFormatter, show_defaults
+from dpplat.cli_help import DATASET_HELP, DefaultsFormatter, show_defaults
 from dpplat.store import default_store_path
 
 
@@ -25,13 +26,18 @@ def add_audit_parser(sub) -> None:
     sc = verbs.add_parser("scores", formatter_class=DefaultsFormatter, help="epsilon estimates from your own attack's scores (higher = member)")
     sc.add_argument("--members", required=True, help="scores of members: a .npy array or one number per line")
     sc.add_argument("--non-members", required=True, help="scores of non-members, in the same form")
-    sc.add_argument("--delta", type=float, required=True, help="the delta of the guarantee being audited")
+    sc.add_argument("--delta", type=float, help="the delta of the guarantee being audited (default: the --run's)")
     sc.add_argument("--confidence", type=float, default=0.95, help="confidence of the bounds (default: 0.95)")
     sc.add_argument("--seed", type=int, default=0, help="seeds the split into threshold and counted halves "
                                                          "(default: 0)")
     sc.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    sc.add_argument("--run", type=int, metavar="RUN_ID", help="the stored run the scores audit: the audit is filed "
+                                                              "under it, and its epsilon is the claim")
+    sc.add_argument("--epsilon", help="the claimed epsilon to compare with (default: the --run's epsilon)")
+    sc.add_argument("--store", help="SQLite run store the audit is stored in (default: DPPLAT_STORE or ./dpplat.db)")
+    sc.add_argument("--no-store", action="store_true", help="print the estimates without storing them")
     m = verbs.add_parser("mia", formatter_class=DefaultsFormatter, help="train models with canaries, attack them, estimate and store epsilon")
-    m.add_argument("--dataset", default=None, help="a built-in name or a path to your own .npz")
+    m.add_argument("--dataset", default=None, help=DATASET_HELP)
     m.add_argument("--model", default=None, help="a zoo name or your own package.module:function")
     m.add_argument("--epsilon", default=None, help="claimed epsilon to train at; 'inf' for a non-private reference")
     m.add_argument("--delta", type=float, default=None)
@@ -49,7 +55,7 @@ def add_audit_parser(sub) -> None:
     m.add_argument("--data-dir")
     o = verbs.add_parser("oars", formatter_class=DefaultsFormatter, help="black-box attacks against stateful defenses, standard and OARS form")
     o.add_argument("--run", type=int, metavar="RUN_ID", help="attack the model of a stored training run")
-    o.add_argument("--dataset", default=None, help="a built-in name or a path to your own .npz")
+    o.add_argument("--dataset", default=None, help=DATASET_HELP)
     o.add_argument("--model", default=None, help="zoo model to train (non-private) and attack, when no --run")
     o.add_argument("--defense", default=None, help="blacklight, piha, stateful-detection, none, or a comma list")
     o.add_argument("--attack", default=None, help="nes, square, hsja, qeba, surfree, boundary, or a comma list")
@@ -79,11 +85,33 @@ def _audit_scores(args: argparse.Namespace) -> int:
     import json
 
     from dpplat.audits import audit_scores, read_scores
+    from dpplat.audits.plans import parse_epsilon
+    from dpplat.audits.score_audit import score_audit_results
+    from dpplat.store import RunStore
 
-    result = audit_scores(read_scores(args.members, "members"), read_scores(args.non_members, "non-members"),
-                          delta=args.delta, confidence=args.confidence, seed=args.seed)
+    members, non_members = read_scores(args.members, "members"), read_scores(args.non_members, "non-members")
+    if args.no_store and args.run is not None:
+        raise ValueError("--run files the audit under a stored run; drop --no-store, or drop --run and give --delta.")
+    claimed = parse_epsilon(args.epsilon) if args.epsilon is not None else None
+    delta, store = args.delta, None
+    if not args.no_store:
+        store = RunStore(args.store or default_store_path())
+    if args.run is not None:
+        run = store.get_run(args.run)
+        claimed = claimed if claimed is not None else run.epsilon
+        delta = delta if delta is not None else run.delta
+    if delta is None:
+        raise ValueError("audit scores needs --delta (or --run RUN_ID, whose delta it takes).")
+    result = audit_scores(members, non_members, delta=delta, confidence=args.confidence, seed=args.seed)
+    audit_id = None
+    if store is not None:
+        params = {"members": str(Path(args.members).resolve()), "non_members": str(Path(args.non_members).resolve()),
+                  "delta": delta, "confidence": args.confidence, "seed": args.seed, "claimed_epsilon": claimed}
+        audit_id = store.create_audit(kind="scores", params=params, run_id=args.run)
+        store.finish_audit(audit_id, score_audit_results(result, members, non_members, claimed_epsilon=claimed))
     if args.json:
-        print(json.dumps(result.as_dict()))
+        stored = {"audit_id": audit_id, "store": str(store.path.resolve())} if store is not None else {}
+        print(json.dumps({**result.as_dict(), "claimed_epsilon": claimed, **stored}))
         return 0
     r = result
     pct = f"{r.confidence:.0%}"
@@ -92,6 +120,12 @@ def _audit_scores(args: argparse.Namespace) -> int:
     print(f"Bayesian (Jeffreys): epsilon in [{r.low:.3f}, {r.high:.3f}] ({pct}), lower bound {r.lower_bound:.3f}")
     print(f"Clopper-Pearson lower bound {r.clopper_pearson_lower_bound:.3f}; one-run lower bound "
           f"{r.one_run_lower_bound:.3f}")
+    if claimed is not None:
+        print(f"Claimed epsilon {claimed:g}" + (": an empirical lower bound exceeds it" if
+                                                max(r.lower_bound, r.clopper_pearson_lower_bound,
+                                                    r.one_run_lower_bound) > claimed else ""))
+    if store is not None:
+        print(f"Audit {audit_id} stored in {store.path.resolve()}")
     return 0
 
 

@@ -36,3 +36,8 @@ def name_unexplained_options(parser: argparse.ArgumentParser) -> None:
                 name_unexplained_options(child)
         elif action.option_strings and not action.help:
             action.help = action.dest.replace("_", " ")
+
+
+DATASET_HELP = ("mnist, fashion-mnist, cifar10 (downloaded on first use), cifar10-jpeg (the project's JPEG q75 copy), "
+                "or your own data: a path to an .npz (x_train, y_train, x_test, y_test) or to an ImageFolder directory "
+                "(DIR/train/<class>/*.png, DIR/test/<class>/...)")

@@ -21,3 +21,4 @@ class DatasetInfo:
     std: tuple[float, ...]
     train_size: int  # examples in each split: what a draw from the dataset may take at most
     test_size: int
+    flip: bool = False  # whether a mirrored image is another image of its class (augmentation may flip it)

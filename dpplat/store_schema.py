@@ -77,4 +77,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE audits ADD COLUMN owner_host TEXT;
     ALTER TABLE audits ADD COLUMN heartbeat_at REAL;
     """,
+    # version 3: "cifar10" names the original CIFAR-10; runs and audits stored before it name the JPEG q75 copy
+    """
+    UPDATE runs SET dataset = 'cifar10-jpeg', config = json_set(config, '$.dataset', 'cifar10-jpeg')
+        WHERE dataset = 'cifar10';
+    UPDATE audits SET params = json_set(params, '$.dataset', 'cifar10-jpeg')
+        WHERE CASE WHEN json_valid(params) THEN json_extract(params, '$.dataset') END = 'cifar10';
+    """,
 ]

@@ -337,7 +337,7 @@ def train(
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     dp_opt.zero_grad()
                     if config.augmult > 1:  # K views per example, averaged before clipping: same privacy cost
-                        x = make_views(x, config.augmult, pad=info.size // 8, flip=config.dataset == "cifar10",
+                        x = make_views(x, config.augmult, pad=info.size // 8, flip=info.flip,
                                        generator=view_rng)
                         y = y.repeat_interleave(config.augmult)
                     out = dp_model(x)

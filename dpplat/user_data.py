@@ -1,9 +1,11 @@
-"""A user's own dataset: an ``.npz`` file with ``x_train``, ``y_train``, ``x_test`` and ``y_test``.
+"""A user's own dataset: an ``.npz`` file with ``x_train``, ``y_train``, ``x_test`` and ``y_test``,
+or a folder in the ImageFolder layout (:mod:`dpplat.image_folder`).
 
-Images are uint8 (0-255) or float in [0, 1], shaped ``(N, H, W)``, ``(N, H, W, C)`` or
+In an ``.npz``, images are uint8 (0-255) or float in [0, 1], shaped ``(N, H, W)``, ``(N, H, W, C)`` or
 ``(N, C, H, W)`` with square images and 1 or 3 channels; the layout is detected, and said
 in a warning when both readings fit. Labels are integers ``0..K-1``; the classes are
-``0..K-1`` with K one more than the largest training label. Images are normalised with
+``0..K-1`` with K one more than the largest training label. An ImageFolder's classes are its
+training split's folder names. Images of both kinds are normalised with
 the public constants mean 0.5 and std 0.5 per channel: statistics of the private training
 images would be a release that no accountant counts.
 """
@@ -11,6 +13,7 @@ images would be a release that no accountant counts.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -18,13 +21,17 @@ from pathlib import Path
 import numpy as np
 
 from dpplat.dataset_types import DatasetError, DatasetInfo
+from dpplat.image_folder import LAYOUT, image_folder_arrays
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
+USER_DATASET_FORMS = ("a path to an .npz file (x_train, y_train, x_test, y_test) or to an ImageFolder directory "
+                      f"({LAYOUT})")
 
 
 def is_user_dataset(name: str) -> bool:
-    """Whether ``name`` is a path to a user's ``.npz`` (rather than a built-in dataset's name)."""
-    return str(name).endswith(".npz")
+    """Whether ``name`` is a path to a user's dataset (rather than a built-in dataset's name)."""
+    text = str(name)
+    return text.endswith(".npz") or "/" in text or os.sep in text or Path(text).expanduser().is_dir()
 
 
 def _channels_last(x: np.ndarray, path: Path, key: str) -> np.ndarray:
@@ -92,19 +99,25 @@ def _read(path_text: str, mtime: float) -> dict[str, np.ndarray]:
 
 
 def user_arrays(path: str | Path) -> dict[str, np.ndarray]:
-    """The checked arrays of a user's ``.npz``: images channels-last, labels int64."""
-    path = Path(path)
+    """The checked arrays of a user's dataset: images channels-last, labels int64."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return image_folder_arrays(path)[0]
     if not path.is_file():
-        raise DatasetError(f"dataset file {path} does not exist; pass --dataset PATH.npz with x_train, y_train, "
-                           "x_test and y_test, or a built-in name (mnist, fashion-mnist, cifar10).")
+        raise DatasetError(f"dataset {path} does not exist; pass --dataset with {USER_DATASET_FORMS}, or a built-in "
+                           "name (mnist, fashion-mnist, cifar10).")
     return _read(str(path.resolve()), path.stat().st_mtime)
 
 
 def user_dataset_info(path: str | Path) -> DatasetInfo:
     """Shapes and classes read from the data; normalisation by public constants."""
-    arrays = user_arrays(path)
+    if Path(path).expanduser().is_dir():
+        arrays, names = image_folder_arrays(path)
+        classes = tuple(names)
+    else:
+        arrays = user_arrays(path)
+        classes = tuple(str(i) for i in range(int(arrays["y_train"].max()) + 1))
     x = arrays["x_train"]
     channels = 1 if x.ndim == 3 else x.shape[3]
-    classes = int(arrays["y_train"].max()) + 1
-    return DatasetInfo(str(path), str(path), "", channels, x.shape[1], tuple(str(i) for i in range(classes)),
+    return DatasetInfo(str(path), str(path), "", channels, x.shape[1], classes,
                        (0.5,) * channels, (0.5,) * channels, len(x), len(arrays["x_test"]))

@@ -94,8 +94,9 @@ def test_bad_inputs_exit_2_with_a_clear_message(tmp_path, capsys, args, message)
 
 
 def test_missing_data_file_and_corrupt_store(tmp_path, capsys):
-    assert main(["train", "--data-dir", str(tmp_path), "--store", str(tmp_path / "s.db"), "--quiet"]) == 2
-    assert "mnist.npz is missing" in capsys.readouterr().err
+    assert main(["train", "--dataset", "cifar10-jpeg", "--data-dir", str(tmp_path), "--store", str(tmp_path / "s.db"),
+                 "--quiet"]) == 2
+    assert "cifar10_jpeg.npz is missing" in capsys.readouterr().err
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"definitely not sqlite" * 50)
     assert main(["train", "--subset", "256", "--store", str(bad), "--quiet"]) == 2

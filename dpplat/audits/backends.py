@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -79,8 +80,25 @@ class RayBackend:
         self.cpus_per_job = cpus_per_job
 
     def map(self, fn: Callable[[dict], Any], jobs: list[dict]) -> list[Any]:
-        remote = self.ray.remote(num_cpus=self.cpus_per_job)(fn)
-        return self.ray.get([remote.remote({**job, "threads": 1}) for job in jobs])
+        remote = self.ray.remote(num_cpus=self.cpus_per_job)(run_with_import_folders)
+        folders = import_folders()
+        return self.ray.get([remote.remote(fn, folders, {**job, "threads": 1}) for job in jobs])
+
+
+def import_folders() -> list[str]:
+    """This process's import folders as absolute paths (its current folder for ``""``).
+
+    A Ray worker starts in its own folder with its own ``sys.path``; these let it import what the
+    driver imports, such as a user's model module in the folder dpplat was started from (spawned
+    processes get the same from multiprocessing).
+    """
+    return [os.path.abspath(p or os.getcwd()) for p in sys.path]
+
+
+def run_with_import_folders(fn: Callable[[dict], Any], folders: list[str], job: dict) -> Any:
+    """``fn(job)`` after appending the driver's import folders that this worker lacks."""
+    sys.path.extend(p for p in folders if p not in sys.path)
+    return fn(job)
 
 
 def make_backend(name: str, **kwargs) -> LocalBackend | RayBackend:

@@ -10,6 +10,7 @@ one-run bound (Steinke, Nasr & Jagielski 2023).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 from dpplat.audits.estimate import estimate_epsilon
 from dpplat.audits.mia import choose_threshold
 from dpplat.audits.one_run import one_run_lower_bound
+from dpplat.audits.roc import roc_curve
 
 
 @dataclass(frozen=True)
@@ -83,3 +85,34 @@ def audit_scores(members: np.ndarray, non_members: np.ndarray, *, delta: float, 
     one_run = one_run_lower_bound(counted.size, counted.size, int((guess == counted).sum()), delta, confidence)
     return ScoreAudit(bayes.lower_bound, bayes.low, bayes.high, cp.lower_bound, one_run, float(threshold), fp, fn,
                       negatives, positives, delta, confidence)
+
+
+SCORES_NOTE = ("The scores come from your own attack; each member and non-member counts as one independent guess, "
+               "so the interval holds as far as that independence does.")
+
+
+def score_audit_results(result: ScoreAudit, members: np.ndarray, non_members: np.ndarray, *,
+                        claimed_epsilon: float | None = None) -> dict:
+    """What the store keeps of a score audit, in the shape of a membership-inference audit's results.
+
+    The posterior's grid and density are recomputed from the counts; the ROC is of all the scores.
+    """
+    bayes = estimate_epsilon(result.fp, result.fn, result.negatives, result.positives, result.delta,
+                             result.confidence, method="bayes")
+    cp = estimate_epsilon(result.fp, result.fn, result.negatives, result.positives, result.delta, result.confidence,
+                          method="clopper-pearson")
+    roc = roc_curve(np.concatenate([members, non_members]),
+                    np.concatenate([np.ones(len(members), bool), np.zeros(len(non_members), bool)]))
+    finite_claim = claimed_epsilon is not None and math.isfinite(claimed_epsilon)
+    best = max(result.lower_bound, result.clopper_pearson_lower_bound, result.one_run_lower_bound)
+    return {
+        "claimed_epsilon": claimed_epsilon if finite_claim else None,
+        "delta": result.delta, "confidence": result.confidence, "attack": "your scores", "threshold": result.threshold,
+        "members": len(members), "non_members": len(non_members),
+        "counts": {"fp": result.fp, "fn": result.fn, "negatives": result.negatives, "positives": result.positives},
+        "bayes": bayes.as_dict(), "clopper_pearson": cp.as_dict(),
+        "one_run": {"lower_bound": result.one_run_lower_bound},
+        "roc": {"your scores": roc.summary()},
+        "exceeds_claim": bool(finite_claim and best > claimed_epsilon),
+        "independence_note": SCORES_NOTE,
+    }

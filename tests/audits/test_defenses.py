@@ -9,7 +9,7 @@ from dpplat.audits.defenses.blacklight import _scramble
 from dpplat.audits.target import pixel_images
 from tests.audits.conftest import Flat
 
-SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+SHAPES = {"mnist": (1, 28, 28), "cifar10-jpeg": (3, 32, 32)}
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_a_reseeded_defense_draws_the_same_salt_whatever_it_saw_before():
 def test_stateful_detection_encoder_does_not_depend_on_the_thread_count():
     from dpplat.audits.defenses.stateful_detection import train_encoder
 
-    reference, _ = pixel_images("cifar10", "train", subset=256, seed=1)
+    reference, _ = pixel_images("cifar10-jpeg", "train", subset=256, seed=1)
     before = torch.get_num_threads()
     weights = []
     try:

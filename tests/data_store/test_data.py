@@ -21,13 +21,13 @@ def test_fashion_mnist_test_split():
     assert x.shape == (10000, 1, 28, 28) and int(y.max()) == 9
 
 
-def test_cifar10_is_decoded_once_and_cached(tmp_path, monkeypatch):
+def test_the_cifar10_jpeg_copy_is_decoded_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("DPPLAT_CACHE", str(tmp_path))
-    x, y = data.load_dataset("cifar10", "test", subset=50).tensors
+    x, y = data.load_dataset("cifar10-jpeg", "test", subset=50).tensors
     assert x.shape == (50, 3, 32, 32)
-    cached = list(tmp_path.glob("cifar10-*.npz"))
+    cached = list(tmp_path.glob("datasets/cifar10-jpeg-*.npz"))
     assert len(cached) == 1
-    arrays = data.load_arrays("cifar10")
+    arrays = data.load_arrays("cifar10-jpeg")
     assert arrays["x_train"].shape == (50000, 32, 32, 3) and arrays["x_train"].dtype == np.uint8
 
 
@@ -38,9 +38,9 @@ def test_subset_is_deterministic_and_seeded():
     assert (a == b).all() and not (a == c).all()
 
 
-def test_missing_file_names_file_and_location(tmp_path):
-    with pytest.raises(data.DatasetError, match=r"mnist.npz is missing: expected it at .*--data-dir"):
-        data.load_dataset("mnist", data_dir=tmp_path)
+def test_a_missing_copy_names_the_file_and_the_folder_it_was_expected_in(tmp_path):
+    with pytest.raises(data.DatasetError, match=r"cifar10_jpeg.npz is missing: expected it at .*--data-dir"):
+        data.load_dataset("cifar10-jpeg", data_dir=tmp_path)
 
 
 def test_corrupt_file_is_detected_by_checksum(tmp_path):
@@ -50,7 +50,7 @@ def test_corrupt_file_is_detected_by_checksum(tmp_path):
     with open(corrupt, "r+b") as f:
         f.seek(1000)
         f.write(b"\x00\x01\x02")
-    with pytest.raises(data.DatasetError, match="corrupt: its SHA-256"):
+    with pytest.raises(data.DatasetError, match="corrupt: its SHA-256 .* Replace it with an intact copy"):
         data.load_dataset("mnist", data_dir=tmp_path)
 
 

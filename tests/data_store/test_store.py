@@ -87,3 +87,20 @@ def test_newer_schema_is_refused(tmp_path):
     con.close()
     with pytest.raises(StoreError, match="upgrade dpplat"):
         RunStore(path)
+
+
+def test_runs_stored_as_cifar10_before_the_original_dataset_existed_name_the_jpeg_copy(tmp_path):
+    path = tmp_path / "s.db"
+    with RunStore(path) as store:
+        old = store.create_run(dataset="cifar10", model="cnn", config={"dataset": "cifar10", "epochs": 1})
+        mnist = store.create_run(dataset="mnist", model="cnn", config={"dataset": "mnist"})
+        audit = store.create_audit(kind="mia", params={"dataset": "cifar10", "models": 4})
+        store.create_audit(kind="scores", params={"members": "a.npy"})
+        store.conn.execute("PRAGMA user_version=2")  # as a store written before version 3
+    with RunStore(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert store.get_run(old).dataset == "cifar10-jpeg"
+        assert store.get_run(old).config == {"dataset": "cifar10-jpeg", "epochs": 1}
+        assert store.get_run(mnist).dataset == "mnist"
+        params = {a["id"]: a["params"] for a in store.audits()}
+        assert params[audit]["dataset"] == "cifar10-jpeg" and params[audit]["models"] == 4

@@ -69,6 +69,28 @@ def test_a_model_from_the_users_own_file_trains_resumes_audits_and_reloads(user_
     assert audit["status"] == "finished" and audit["params"]["train"]["model"] == "my_models:small_mlp"
 
 
+def test_ray_workers_import_the_users_model_from_the_drivers_import_folders(user_folder, monkeypatch):
+    """The module sits in a folder the user's script put on sys.path, not in the current folder."""
+    pytest.importorskip("ray", reason="Ray is installed with the test extras (pip install -e '.[test]')")
+    import ray
+
+    from dpplat.audits.mia import MIAConfig, run_mia
+    from dpplat.training import TrainConfig
+
+    (user_folder / "lib").mkdir()
+    (user_folder / "lib" / "lib_models.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(user_folder / "lib"))
+    train = TrainConfig(model="lib_models:small_mlp", epochs=1, batch_size=64, accountant="rdp")
+    config = MIAConfig(dataset="mnist", epsilon=8.0, models=2, challenges=8, base_size=200, train=train,
+                       backend="ray")
+    try:
+        results = run_mia(config, user_folder / "ray-work")
+    finally:
+        ray.shutdown()
+        sys.modules.pop("lib_models", None)
+    assert results["models"] == 2 and len(list((user_folder / "ray-work").glob("model-*.npz"))) == 2
+
+
 @pytest.mark.parametrize("model,message", [
     ("no_such_module:build", "cannot import no_such_module"),
     ("my_models:missing", "my_models has no attribute 'missing'"),

@@ -1,4 +1,8 @@
-"""Privacy audit: ROC curves, the epsilon posterior with its interval, Clopper–Pearson and one-run bounds, the claim."""
+"""Privacy audit: ROC curves, the epsilon posterior with its interval, Clopper–Pearson and one-run bounds, the claim.
+
+Both dpplat's membership-inference audits and audits of the user's own attack scores (``dpplat audit scores``)
+are shown; their stored results share one shape.
+"""
 
 import altair as alt
 import pandas as pd
@@ -7,12 +11,16 @@ import streamlit as st
 from dpplat.dashboard import loaders
 
 st.title("Privacy audit")
-found = loaders.finished_audits("mia", "No privacy audit in this store yet. Run one with:\n\n"
-                                       "```bash\ndpplat audit run audits/mnist-eps8.toml\n```")
+found = loaders.finished_audits(("mia", "scores"), "No privacy audit in this store yet. Run one with:\n\n"
+                                                  "```bash\ndpplat audit run audits/mnist-eps8.toml\n```\n\nor "
+                                                  "estimate epsilon from your own attack's scores with "
+                                                  "`dpplat audit scores`.")
 if found is not None:
     def label(a):
         eps = a["results"]["claimed_epsilon"]
-        return f"audit {a['id']}: {a['params']['dataset']}, claimed epsilon {'∞' if eps is None else eps}"
+        what = a["params"]["dataset"] if a["kind"] == "mia" else "your scores"
+        run = f", run {a['run_id']}" if a.get("run_id") else ""
+        return f"audit {a['id']}: {what}{run}, claimed epsilon {'∞' if eps is None else eps}"
 
     audit = st.selectbox("Audit", found[::-1], format_func=label)
     r = audit["results"]
@@ -27,8 +35,13 @@ if found is not None:
     cols[2].metric("Clopper–Pearson interval", f"[{cp['low']:.2f}, {cp['high']:.2f}]")
     cols[3].metric("one-run lower bound", f"{one['lower_bound']:.2f}")
     c = r["counts"]
-    st.caption(f"{r['models']} models, {r['challenges']} canaries ({r['reported_challenges']} counted), attack "
-               f"{r['attack']}: FP {c['fp']}/{c['negatives']}, FN {c['fn']}/{c['positives']}, delta {r['delta']:g}. "
+    if audit["kind"] == "mia":
+        setup = (f"{r['models']} models, {r['challenges']} canaries ({r['reported_challenges']} counted), attack "
+                 f"{r['attack']}")
+    else:
+        setup = (f"your attack's scores of {r['members']} members and {r['non_members']} non-members (half chose the "
+                 f"threshold {r['threshold']:.4g}, half are counted)")
+    st.caption(f"{setup}: FP {c['fp']}/{c['negatives']}, FN {c['fn']}/{c['positives']}, delta {r['delta']:g}. "
                + r["independence_note"])
 
     st.subheader("Posterior of epsilon")
