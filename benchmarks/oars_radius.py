@@ -8,7 +8,7 @@ undefended HopSkipJump run of ``--walk`` queries, then, with the defense's histo
 queries ``--probes`` probes at each radius around each centre and counts the rejections. The probes' directions
 are HSJA's: Gaussian, constant on ``--tiles`` square tiles of pixels (1, HSJA's default, is pixel noise).
 The smallest radius from which on probes are rejected less than 5% of the time is stage 1's criterion
-(``dpplat.audits.attacks.stage1.search_knob``).
+(``dpplat.audits.attacks.knob_calibration.search_knob``).
 
     python benchmarks/oars.py --dataset mnist --images 8 ...         # a run: its target and images
     python benchmarks/oars_radius.py --dataset mnist --positions 1,5 --out radius.md

@@ -1,4 +1,4 @@
-"""``dpplat train | audit | dashboard | runs | demo``: the command-line surface (the audit verbs are in
+"""``dpplat train | audit | dashboard | runs | recipes | demo``: the command-line surface (the audit verbs are in
 :mod:`dpplat.cli_audit`)."""
 
 from __future__ import annotations
@@ -11,67 +11,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from dpplat.cli_audit import add_audit_parser, run_audit
-from dpplat.cli_help import DATASET_HELP, DefaultsFormatter, name_unexplained_options, show_defaults
+from dpplat.cli_help import DefaultsFormatter, name_unexplained_options
 from dpplat.store import StoreError, default_store_path
+from dpplat.train_flags import add_train_arguments, train_config_from_args
 
 
 def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", formatter_class=DefaultsFormatter, help="train a model under a privacy budget and store the run")
-    p.add_argument("--config", help="a TOML recipe (models/*.toml); flags given here override it")
-    p.add_argument("--dataset", help=DATASET_HELP)
-    p.add_argument("--model", help="a zoo name (dpplat.models.available()) or your own package.module:function, "
-                                   "called with num_classes, in_channels and image_size")
-    p.add_argument("--epsilon", type=float, help="target epsilon: the budget the run never exceeds "
-                                                 "('inf' with --sigma: no budget)")
-    p.add_argument("--delta", type=float, help="target delta; must be below 1/N")
-    p.add_argument("--allow-large-delta", action="store_true", default=None,
-                   help="accept delta >= 1/N (a guarantee that allows publishing a whole example) with a warning")
-    p.add_argument("--sigma", type=float, help="noise multiplier instead of calibrating it from --epsilon "
-                                               "(0 trains WITHOUT privacy and needs --epsilon inf)")
-    p.add_argument("--epochs", type=int, help="passes over the training data (epochs x N/B Poisson steps)")
-    p.add_argument("--batch-size", type=int, help="expected batch size (Poisson sampling rate = B / N)")
-    p.add_argument("--max-grad-norm", type=float, help="total clipping bound C")
-    p.add_argument("--clipping", choices=["per_layer", "flat"], help="clip each layer's gradient, or the whole one")
-    p.add_argument("--accountant", choices=["prv", "rdp"], help="Opacus's privacy accountant")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], help="the optimizer that applies the noisy gradient")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--momentum", type=float, help="SGD momentum")
-    p.add_argument("--seed", type=int, help="seeds the model, the Poisson sampler and the noise")
-    p.add_argument("--subset", type=int, help="train on a deterministic random subset of this many examples")
-    p.add_argument("--test-subset", type=int, help="evaluate on a subset of the test split")
-    p.add_argument("--augmult", type=int, help="augmentation multiplicity: K views per example, averaged before clipping")
-    p.add_argument("--ema-decay", type=float, help="evaluate an exponential moving average of the weights")
-    p.add_argument("--data-norm-noise", type=float,
-                   help="noise multiplier of the private release of *-datanorm and *-centered models' feature "
-                        "statistics (default 8)")
-    p.add_argument("--data-norm-clip", type=float,
-                   help="L2 bound on one example's channel means (and mean squares) in the *-datanorm release "
-                        "(default 3; *-centered models use the bound their GroupNorm guarantees)")
-    p.add_argument("--device", help="where to train: cpu (default), cuda, cuda:N, or auto (a GPU when there is one)")
-    p.add_argument("--secure-mode", action="store_true", default=None, help="noise from the OS CSPRNG")
-    p.add_argument("--name", help="a label for the run")
-    p.add_argument("--data-dir", help="folder with the dataset files (default: DPPLAT_DATA or ../shared/data)")
-    p.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
-    p.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a stored run from its checkpoint")
-    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torch.distributed)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar; print only the result line")
-    from dpplat.training import TrainConfig
-
-    show_defaults(p, TrainConfig)
-
-
-def train_config_from_args(args: argparse.Namespace):
-    """The TrainConfig that ``dpplat train``'s flags (and --config file) describe."""
-    from dpplat.training import TrainConfig
-
-    overrides = {k: getattr(args, k) for k in (
-        "dataset", "model", "epsilon", "delta", "sigma", "epochs", "batch_size", "max_grad_norm", "clipping",
-        "accountant", "optimizer", "lr", "momentum", "seed", "subset", "test_subset", "secure_mode", "name", "data_dir",
-        "augmult", "ema_decay", "data_norm_noise", "data_norm_clip", "device", "allow_large_delta",
-    )}
-    if args.config:
-        return TrainConfig.from_toml(args.config, **overrides)
-    return TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    add_train_arguments(p)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -174,14 +121,26 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_recipes_parser(sub) -> None:
+    sub.add_parser("recipes", formatter_class=DefaultsFormatter,
+                   help="list the shipped training recipes and the results measured with them")
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from dpplat.shipped import format_recipes
+
+    print(format_recipes())
+    return 0
+
+
 def _add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", formatter_class=DefaultsFormatter, help="train MNIST under a budget, audit it, and say how to open the dashboard")
     p.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=5, help="training epochs of the demo's model")
     p.add_argument("--subset", type=int, default=None, help="train on fewer examples (a quicker demo)")
-    p.add_argument("--audit-models", type=int, default=8)
+    p.add_argument("--audit-models", type=int, default=8, help="models the privacy audit trains")
     p.add_argument("--serve", action="store_true", help="open the dashboard at the end")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=int, default=8501, help="port of the dashboard --serve opens")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -216,7 +175,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _add_dashboard_parser(sub) -> None:
     p = sub.add_parser("dashboard", formatter_class=DefaultsFormatter, help="review runs and audits in the Streamlit dashboard")
     p.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=int, default=8501, help="port the dashboard serves on")
     p.add_argument("--address", default="127.0.0.1", help="interface to listen on (default: this machine only)")
 
 
@@ -232,8 +191,8 @@ def dashboard_command(store: str | Path, port: int = 8501, address: str = "127.0
 
 def _dashboard(args: argparse.Namespace) -> NoReturn:
     """Become the Streamlit server (exec, not a child process): a signal sent to ``dpplat dashboard``, a
-    service manager's or a test's SIGTERM, then reaches the server itself. As a child it was orphaned and
-    kept serving (every run of the browser test left one behind)."""
+    service manager's or a test's SIGTERM, then reaches the server itself; a child process would be orphaned
+    by it and keep serving."""
     import os
 
     from dpplat.store import RunStore
@@ -245,16 +204,22 @@ def _dashboard(args: argparse.Namespace) -> NoReturn:
     os.execv(command[0], command)
 
 
+DESCRIPTION = ("dpplat: train PyTorch models under a differential-privacy budget, audit them, and review them.\n"
+               "'dpplat COMMAND --help' shows a command's options with their defaults.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dpplat import __version__
 
-    parser = argparse.ArgumentParser(prog="dpplat", description=__doc__)
+    parser = argparse.ArgumentParser(prog="dpplat", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"dpplat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
     add_audit_parser(sub)
     _add_dashboard_parser(sub)
     _add_runs_parser(sub)
+    _add_recipes_parser(sub)
     _add_demo_parser(sub)
     name_unexplained_options(parser)
     return parser
@@ -267,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Opacus's RDP conversion hint (also raised inside the PRV accountant) says nothing a user can act on.
     warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-    handlers = {"train": _train, "audit": run_audit, "dashboard": _dashboard, "runs": _runs, "demo": _demo}
+    handlers = {"train": _train, "audit": run_audit, "dashboard": _dashboard, "runs": _runs, "recipes": _recipes, "demo": _demo}
     try:
         return handlers[args.command](args)
     except (ValueError, StoreError, DatasetError, FileNotFoundError, KeyError, RankFailed) as err:

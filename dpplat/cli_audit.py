@@ -17,12 +17,14 @@ def add_audit_parser(sub) -> None:
     e = verbs.add_parser("estimate", formatter_class=DefaultsFormatter, help="epsilon interval from an attack's error counts")
     e.add_argument("--fp", type=int, required=True, help="false positives (non-members called members)")
     e.add_argument("--fn", type=int, required=True, help="false negatives (members called non-members)")
-    e.add_argument("--negatives", type=int, required=True)
-    e.add_argument("--positives", type=int, required=True)
-    e.add_argument("--delta", type=float, required=True)
-    e.add_argument("--confidence", type=float, default=0.95)
-    e.add_argument("--method", choices=["bayes", "clopper-pearson", "both"], default="both")
-    e.add_argument("--prior", choices=["jeffreys", "uniform"], default="jeffreys")
+    e.add_argument("--negatives", type=int, required=True, help="non-members the attack was asked about")
+    e.add_argument("--positives", type=int, required=True, help="members the attack was asked about")
+    e.add_argument("--delta", type=float, required=True, help="the delta of the guarantee being audited")
+    e.add_argument("--confidence", type=float, default=0.95, help="confidence of the interval")
+    e.add_argument("--method", choices=["bayes", "clopper-pearson", "both"], default="both",
+                   help="the Bayesian posterior interval, Clopper-Pearson's, or both")
+    e.add_argument("--prior", choices=["jeffreys", "uniform"], default="jeffreys",
+                   help="prior of the Bayesian interval on the error rates")
     sc = verbs.add_parser("scores", formatter_class=DefaultsFormatter, help="epsilon estimates from your own attack's scores (higher = member)")
     sc.add_argument("--members", required=True, help="scores of members: a .npy array or one number per line")
     sc.add_argument("--non-members", required=True, help="scores of non-members, in the same form")
@@ -40,45 +42,62 @@ def add_audit_parser(sub) -> None:
     m.add_argument("--dataset", default=None, help=DATASET_HELP)
     m.add_argument("--model", default=None, help="a zoo name or your own package.module:function")
     m.add_argument("--epsilon", default=None, help="claimed epsilon to train at; 'inf' for a non-private reference")
-    m.add_argument("--delta", type=float, default=None)
-    m.add_argument("--models", type=int, default=None)
-    m.add_argument("--challenges", type=int, default=None)
+    m.add_argument("--delta", type=float, default=None, help="delta of the guarantee being audited")
+    m.add_argument("--models", type=int, default=None, help="models trained, each on a random half of the canaries")
+    m.add_argument("--challenges", type=int, default=None, help="canaries per model")
     m.add_argument("--base-size", type=int, default=None, help="training examples besides the canaries")
-    m.add_argument("--epochs", type=int, default=None)
-    m.add_argument("--attack", choices=["loss", "confidence", "lira-offline", "lira-online"], default=None)
-    m.add_argument("--canary", choices=["mislabeled", "natural"], default=None)
-    m.add_argument("--backend", choices=["local", "ray"], default=None)
-    m.add_argument("--workers", type=int, default=None)
-    m.add_argument("--seed", type=int, default=None)
+    m.add_argument("--epochs", type=int, default=None, help="training epochs of each model (default: the plan's or "
+                                                          "the run's)")
+    m.add_argument("--attack", choices=["loss", "confidence", "lira-offline", "lira-online"], default=None,
+                   help="membership score whose guesses are counted")
+    m.add_argument("--canary", choices=["mislabeled", "natural"], default=None,
+                   help="canaries: training examples with a wrong label, or held-out examples as they are")
+    m.add_argument("--backend", choices=["local", "ray"], default=None, help="where the models train: a local "
+                                                                              "process pool or Ray")
+    m.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+    m.add_argument("--seed", type=int, default=None, help="seeds the canaries, the splits and the training")
     m.add_argument("--run", type=int, metavar="RUN_ID", help="audit with a stored run's training configuration")
     m.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
-    m.add_argument("--data-dir")
-    o = verbs.add_parser("oars", formatter_class=DefaultsFormatter, help="black-box attacks against stateful defenses, standard and OARS form")
+    m.add_argument("--data-dir", help="folder with the project's dataset copies (default: DPPLAT_DATA, or a "
+                                      "checkout's ../shared/data)")
+    o = verbs.add_parser("defenses", aliases=["oars"], formatter_class=DefaultsFormatter,
+                         help="black-box attacks against stateful defenses, in their standard and OARS forms "
+                              "('oars' is an alias)")
     o.add_argument("--run", type=int, metavar="RUN_ID", help="attack the model of a stored training run")
     o.add_argument("--dataset", default=None, help=DATASET_HELP)
     o.add_argument("--model", default=None, help="zoo model to train (non-private) and attack, when no --run")
     o.add_argument("--defense", default=None, help="blacklight, piha, stateful-detection, none, or a comma list")
     o.add_argument("--attack", default=None, help="nes, square, hsja, qeba, surfree, boundary, or a comma list")
-    o.add_argument("--mode", choices=["standard", "oars", "both"], default=None)
-    o.add_argument("--images", type=int, default=None)
+    o.add_argument("--mode", choices=["standard", "oars", "both"], default=None,
+                   help="the attacks as published, their OARS forms, or both (default: both)")
+    o.add_argument("--images", type=int, default=None, help="test images attacked")
     o.add_argument("--budget", type=int, default=None, help="queries per image, rejected ones included")
-    o.add_argument("--eps-linf", type=float, default=None)
+    o.add_argument("--eps-linf", type=float, default=None, help="L-infinity budget in [0, 1] pixels (default: "
+                                                                 "0.3 on MNIST, 0.2 on Fashion-MNIST, else 0.05)")
     o.add_argument("--eps-l2", type=float, default=None, help="L2 budget, normalised by sqrt(pixels)")
-    o.add_argument("--policy", choices=["reject", "silent", "flush", "ban-count"], default=None)
-    o.add_argument("--backend", choices=["local", "ray"], default=None)
-    o.add_argument("--workers", type=int, default=None)
-    o.add_argument("--seed", type=int, default=None)
+    o.add_argument("--policy", choices=["reject", "silent", "flush", "ban-count"], default=None,
+                   help="what a defense does with a flagged query: reject it (answer from the matched query's cached "
+                        "output), answer it and only count the hit, flush its history, or answer it and note when "
+                        "a ban would have fallen")
+    o.add_argument("--backend", choices=["local", "ray"], default=None, help="where the attacks run: a local "
+                                                                              "process pool or Ray")
+    o.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+    o.add_argument("--seed", type=int, default=None, help="seeds the target, the images and the attacks")
     o.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
-    o.add_argument("--data-dir")
+    o.add_argument("--data-dir", help="folder with the project's dataset copies (default: DPPLAT_DATA, or a "
+                                      "checkout's ../shared/data)")
     from dpplat.audits.defense_audit import DefenseAuditConfig
     from dpplat.audits.mia import MIAConfig
 
     show_defaults(m, MIAConfig)
     show_defaults(o, DefenseAuditConfig)
-    r = verbs.add_parser("run", formatter_class=DefaultsFormatter, help="run an audit plan (audits/NAME.toml)")
-    r.add_argument("plan")
-    r.add_argument("--store")
-    r.add_argument("--backend", choices=["local", "ray"], default=None)
+    r = verbs.add_parser("run", formatter_class=DefaultsFormatter, help="run an audit plan: a shipped plan's name or a "
+                                                                        "TOML file")
+    r.add_argument("plan", help="a shipped plan's name (dpplat audit plans lists them) or a plan file")
+    r.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
+    r.add_argument("--backend", choices=["local", "ray"], default=None, help="where the plan's jobs run "
+                                                                              "(default: the plan's)")
+    verbs.add_parser("plans", formatter_class=DefaultsFormatter, help="list the shipped audit plans")
 
 
 def _audit_scores(args: argparse.Namespace) -> int:
@@ -132,6 +151,11 @@ def _audit_scores(args: argparse.Namespace) -> int:
 def run_audit(args: argparse.Namespace) -> int:
     if args.verb == "scores":
         return _audit_scores(args)
+    if args.verb == "plans":
+        from dpplat.shipped import format_plans
+
+        print(format_plans())
+        return 0
     if args.verb == "estimate":
         from dpplat.audits import estimate_epsilon
 
@@ -161,7 +185,7 @@ def run_audit(args: argparse.Namespace) -> int:
         config = plan
         if args.backend:
             config.backend = args.backend
-    elif args.verb == "oars":
+    elif args.verb in ("defenses", "oars"):
         config = _defense_audit_config(args, store)
         run_id = config.run_id
     else:

@@ -9,6 +9,8 @@ store and the checkpoints and evaluates. For several hosts, start the same loop 
 
 from __future__ import annotations
 
+import argparse
+
 import contextlib
 import dataclasses
 import datetime
@@ -123,11 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; every host must see the
     dataset files, and the store path must be on rank 0's host.
     """
-    from dpplat.cli import build_parser, default_store_path, train_config_from_args
+    from dpplat.cli_help import DefaultsFormatter
+    from dpplat.store import default_store_path
+    from dpplat.train_flags import add_train_arguments, train_config_from_args
 
-    args = build_parser().parse_args(argv)
-    if args.command != "train":
-        raise SystemExit("usage: torchrun ... -m dpplat.distributed train [dpplat train flags]")
+    parser = argparse.ArgumentParser(prog="torchrun ... -m dpplat.distributed", formatter_class=DefaultsFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_train_arguments(commands.add_parser("train", formatter_class=DefaultsFormatter,
+                                            help="one rank of a data-parallel dpplat train"))
+    args = parser.parse_args(argv)
     config = train_config_from_args(args)
     config.device = rank_device(config.device, int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(_backend(config.device), timeout=TIMEOUT)

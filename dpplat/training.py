@@ -32,6 +32,7 @@ from dpplat.fixed_stem import fixed_stem, release_feature_statistics, stem_featu
 from dpplat.interrupts import StopRequest
 from dpplat.resume import resumable_config, resume_run
 from dpplat.store import RunStore
+from dpplat.shipped import resolve
 from dpplat.tomlfile import read_toml
 
 
@@ -76,8 +77,9 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides) -> "TrainConfig":
-        """Read a recipe; top-level keys or a ``[train]`` table map onto the fields, the rest goes to ``extra``."""
-        raw = read_toml(path, "config file", "the shipped recipes are in models/")
+        """Read a recipe (a path, or a shipped recipe's name); top-level keys or a ``[train]`` table map onto the
+        fields, the rest goes to ``extra``."""
+        raw = read_toml(resolve("recipe", path), "recipe")
         table = dict(raw.get("train", raw))
         names = {f.name for f in dataclasses.fields(cls)}
         known = {k.replace("-", "_"): v for k, v in table.items() if k.replace("-", "_") in names}

@@ -28,7 +28,7 @@ from dpplat.audits.backends import BACKENDS, make_backend
 from dpplat.audits.estimate import estimate_epsilon
 from dpplat.audits.one_run import one_run_lower_bound
 from dpplat.audits.roc import roc_curve
-from dpplat.audits.scores import ATTACKS, attack_scores
+from dpplat.audits.scores import MEMBERSHIP_SCORES, attack_scores
 from dpplat.config_checks import check_choice, check_range, check_types
 from dpplat.data import canonical_dataset, check_dataset_name, dataset_info
 from dpplat.training import TrainConfig
@@ -70,7 +70,7 @@ class MIAConfig:
         check_types(self, allow_infinite=("epsilon",))
         if self.models < 1 or self.challenges < 4:
             raise ValueError("an audit needs at least 1 model and 4 challenges (use --models 16 --challenges 256).")
-        check_choice("attack", self.attack, ATTACKS)
+        check_choice("attack", self.attack, MEMBERSHIP_SCORES)
         check_choice("canary", self.canary, ("mislabeled", "natural"))
         check_choice("backend", self.backend, BACKENDS)
         check_dataset_name(self.dataset)
@@ -219,7 +219,7 @@ def run_mia(config: MIAConfig, workdir: str | Path, *, progress=None) -> dict:
     calibration[rng.permutation(config.challenges)[: int(config.challenges * config.calibration_fraction)]] = True
     report = ~calibration
     attacks = {}
-    for attack in ATTACKS:
+    for attack in MEMBERSHIP_SCORES:
         if attack.startswith("lira") and config.models < 3:
             continue
         scores = attack_scores(attack, loss, prob, phi, members)

@@ -14,6 +14,7 @@ from dpplat.audits.mia import MIAConfig, format_report, run_mia
 from dpplat.config_checks import check_keys
 from dpplat.data import dataset_info
 from dpplat.store import RunStore
+from dpplat.shipped import resolve
 from dpplat.tomlfile import read_toml
 from dpplat.training import TrainConfig
 
@@ -38,7 +39,7 @@ def load_plan(path: str | Path) -> MIAConfig | DefenseAuditConfig:
 
     Every key and type is checked here, before anything trains or is stored; a wrong one gets one line
     naming the plan and the key."""
-    raw = read_toml(path, "audit plan", "the shipped plans are in audits/")
+    raw = read_toml(resolve("plan", path), "audit plan")
     kind = raw.pop("kind", "mia")
     raw.pop("description", None)
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-ATTACKS = ("loss", "confidence", "lira-offline", "lira-online")
+MEMBERSHIP_SCORES = ("loss", "confidence", "lira-offline", "lira-online")
 
 
 def lira_scores(phi: np.ndarray, members: np.ndarray, online: bool) -> np.ndarray:
@@ -61,4 +61,4 @@ def attack_scores(attack: str, loss: np.ndarray, prob: np.ndarray, phi: np.ndarr
         return prob
     if attack in ("lira-offline", "lira-online"):
         return lira_scores(phi, members, online=attack == "lira-online")
-    raise ValueError(f"unknown attack {attack!r}; choose one of {ATTACKS}.")
+    raise ValueError(f"unknown attack {attack!r}; choose one of {MEMBERSHIP_SCORES}.")

@@ -1,9 +1,9 @@
 """Gaussian noise for DP-SGD, from torch's generator or from the operating system's CSPRNG.
 
-``secure_mode=True`` used to mean torchcsprng, which is no longer maintained. We draw
+``secure_mode=True`` does not use torchcsprng, which is unmaintained. It draws
 the uniform bits from ``os.urandom`` (the kernel's CSPRNG: getrandom(2) on Linux),
-turn them into normals with the Box-Muller transform in float64, and, like Opacus's
-secure mode, sum two independent draws of standard deviation ``std / sqrt(2)`` to
+turns them into normals with the Box-Muller transform in float64, and, like Opacus's
+secure mode, sums two independent draws of standard deviation ``std / sqrt(2)`` to
 blunt floating-point attacks on the Gaussian's low bits (Holohan & Braghin 2021).
 It is slower than torch's generator, which is why it is opt-in.
 """

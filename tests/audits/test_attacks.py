@@ -57,7 +57,7 @@ def test_stage_one_passes_a_value_only_below_the_target_rate(rejected, target_ra
     """``rejected`` of every 20 probes are turned away whatever the radius: below the target rate the radius comes
     down to its low end, at the rate stage 1 finds no floor. (5 of 20 passed 25% as a float32 mean, 1 of 20 failed 5%.)"""
     from dpplat.audits.attacks.base import Oracle
-    from dpplat.audits.attacks.stage1 import search_knob
+    from dpplat.audits.attacks.knob_calibration import search_knob
 
     _, x, label, target, _ = setting("hsja", mnist_model, mnist_test, 0)
     attack = create_attack("hsja", eps=0.15, tile=1, target_rate=target_rate, seed=1)
@@ -131,7 +131,7 @@ def test_oars_floors_double_under_rejections_and_relax_back_to_stage_one():
 
 def test_square_spends_the_whole_budget_after_its_schedule(mnist_model, mnist_test):
     """The p schedule spans ``iterations``; an attack that has not won by then goes on at the last
-    square size until the budget is spent (it used to stop there with most of the budget unused)."""
+    square size until the budget is spent, rather than stopping with most of the budget unused."""
     defense = create_defense("none", mnist_model, input_shape=(1, 28, 28))
     attack, x, label, target, start = setting("square", mnist_model, mnist_test, 0)
     attack.eps, attack.iterations = 0.01, 50  # too small to win
@@ -227,7 +227,7 @@ def test_square_oars_chooses_side_and_count_together(mnist_model, mnist_test):
     fraction of the pixels (behind PIHA on CIFAR-10: eight squares of side 4 where it had taken two of 16).
     The dither would change every block too, but is left out where squares alone get through."""
     from dpplat.audits.attacks.base import Oracle
-    from dpplat.audits.attacks.stage1 import calibrate_knobs
+    from dpplat.audits.attacks.knob_calibration import calibrate_knobs
 
     for i in range(2):
         _, x, label, _, _ = setting("square", mnist_model, mnist_test, i)
@@ -255,7 +255,7 @@ def test_stage_one_leaves_out_an_optional_knob_that_never_gets_through(mnist_mod
     """Square's dither only helps its squares through; where even its largest value is rejected (here:
     everything is), it is left out (0) instead of pulling every pixel half the ball inwards."""
     from dpplat.audits.attacks.base import Oracle
-    from dpplat.audits.attacks.stage1 import calibrate_knobs
+    from dpplat.audits.attacks.knob_calibration import calibrate_knobs
 
     _, x, label, _, _ = setting("square", mnist_model, mnist_test, 0)
     attack = create_attack("square", eps=0.3, seed=1)

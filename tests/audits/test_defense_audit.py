@@ -17,7 +17,7 @@ PLANS = Path(__file__).resolve().parents[2] / "audits"
 
 def test_cli_runs_stores_and_resumes(tmp_path, capsys, monkeypatch):
     store = tmp_path / "s.db"
-    argv = ["audit", "oars", "--dataset", "mnist", "--defense", "blacklight,none", "--attack", "nes", "--mode", "both",
+    argv = ["audit", "defenses", "--dataset", "mnist", "--defense", "blacklight,none", "--attack", "nes", "--mode", "both",
             "--images", "2", "--budget", "3000", "--workers", "1", "--store", str(store)]
     assert main(argv) == 0
     out = capsys.readouterr().out

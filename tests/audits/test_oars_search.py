@@ -14,7 +14,7 @@ from tests.audits.synthetic import RadiusDefense, setting
 
 def test_oars_boundary_search_redraws_a_rejected_midpoint(mnist_model, mnist_test):
     """The segment's midpoint is already in the history: the search redraws it off the segment by the
-    floor and carries on to the boundary, where it used to stop at the start image."""
+    floor and carries on to the boundary instead of stopping at the start image."""
     from dpplat.audits.attacks.base import Oracle
 
     attack, x, label, _, start = setting("surfree", mnist_model, mnist_test, 0)

@@ -26,7 +26,7 @@ def test_tiled_probes_get_past_piha_at_a_smaller_radius(mnist_model, mnist_test)
     """PIHA blurs and sums blocks, which averages independent pixel noise away; noise constant on
     4x4 tiles moves the block sums as a whole, so stage 1 finds a lower sigma floor."""
     from dpplat.audits.attacks.base import Oracle
-    from dpplat.audits.attacks.stage1 import calibrate_knobs
+    from dpplat.audits.attacks.knob_calibration import calibrate_knobs
 
     _, x, label, target, _ = setting("nes", mnist_model, mnist_test, 0)
     floors = {}

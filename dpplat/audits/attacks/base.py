@@ -5,7 +5,7 @@ One codebase serves both forms of each attack. The attack code asks the
 first rejected query (the paper's baseline), in the *OARS* form it hands the rejection
 back and the attack adapts:
 
-- Stage 1 (:func:`~dpplat.audits.attacks.stage1.calibrate_knobs`), before attacking: every attack declares the
+- Stage 1 (:func:`~dpplat.audits.attacks.knob_calibration.calibrate_knobs`), before attacking: every attack declares the
   knobs that set how far its queries move (NES: sigma and minimum step; HSJA/QEBA:
   the gradient-estimation radius; Square: square size and count; SurFree: minimum
   angle; Boundary: minimum spherical step) and a probe, i.e. how it would perturb
@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from dpplat.audits.attacks.stage1 import Knob, calibrate_knobs
+from dpplat.audits.attacks.knob_calibration import Knob, calibrate_knobs
 from dpplat.audits.defenses.base import StatefulDefense
 from dpplat.audits.registry import Registry
 
@@ -196,17 +196,17 @@ class Attack:
         floor is the distance stage 1 found its probes pass at). An adversarial redraw becomes the
         new end of the segment, so the search goes on; one whose redraws are all rejected ends at
         the last known adversarial point. The search stops once the bracket is shorter than
-        floor / sqrt(d), about how far a redraw moves along the boundary's normal. (It used to stop at
-        a quarter of the floor: that left the iterate up to floor / 4 inside the adversarial region,
-        farther than HSJA's gradient-estimation probes of radius ``floor`` reach across, so against
-        Blacklight every probe came back adversarial and the estimate was noise.)
+        floor / sqrt(d), about how far a redraw moves along the boundary's normal. (Stopping at a quarter
+        of the floor would leave the iterate up to floor / 4 inside the adversarial region, farther than
+        HSJA's gradient-estimation probes of radius ``floor`` reach across: against Blacklight every
+        probe then comes back adversarial and the estimate is noise.)
 
         The first redraw turns by ``first_turn`` times the floor and each further one by twice the last, up to
         the floor. An adversarial redraw moves the search's end sideways along the boundary by that turn, and
         HSJA searches inside the cloud of its own gradient probes, where behind Blacklight 72% of its
         midpoints were rejected: turning each by the whole floor (0.68-0.82, a quarter of the distance to the
         input) made about seven random sideways jumps per iteration, and the iterate wandered. HSJA therefore
-        starts at a quarter (``benchmarks/results/oars-mnist-cpu-probes-stop24.md``); the other attacks search
+        starts at a quarter (``benchmarks/results/oars-mnist-cpu-l2-attack-probes.md``); the other attacks search
         once, from their start image, and keep the whole floor.
         """
         low, high = 0.0, 1.0  # blend weight on the adversarial end
@@ -346,20 +346,20 @@ class Attack:
         return max(value, self.floors.get(attribute, value))
 
 
-ATTACKS: Registry[type[Attack]] = Registry("attack")
+EVASION_ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
 def register_attack(name: str):
     """Class decorator: make an attack available to ``create_attack`` and the CLI under ``name``."""
-    return ATTACKS.register(name)
+    return EVASION_ATTACKS.register(name)
 
 
 def available_attacks() -> list[str]:
-    return ATTACKS.names()
+    return EVASION_ATTACKS.names()
 
 
 def attack_class(name: str) -> type[Attack]:
-    return ATTACKS.get(name)
+    return EVASION_ATTACKS.get(name)
 
 
 def create_attack(name: str, **params) -> Attack:

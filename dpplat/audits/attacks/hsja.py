@@ -105,7 +105,7 @@ class HopSkipJump(TiledDirections, Attack):
         stalled the attack for good. The step is otherwise HSJA's own, even when shorter than the
         floor: a step held at the floor is a quarter of the distance to the input near the optimum
         behind Blacklight, and on MNIST images 13 and 14 the attack then ends farther out (measured in
-        ``benchmarks/results/oars-mnist-cpu-probes-stop24.md``). A short step that is rejected costs
+        ``benchmarks/results/oars-mnist-cpu-l2-attack-probes.md``). A short step that is rejected costs
         one query before it doubles.
         """
         for _ in range(self.step_halvings):

@@ -6,8 +6,8 @@ the margin loss (log p_true - max other log p) drops; it succeeds when the margi
 negative. The square's side follows the paper's schedule: the fraction ``p`` of pixels
 halves at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 (of ``iterations``,
 10,000 by default); after that the attack goes on with the last size until it succeeds or the
-query budget is spent, as a user with that budget would (it used to stop at ``iterations``, which
-in the OARS form, where redrawn proposals spend queries too, left most of the budget unused).
+query budget is spent, as a user with that budget would (stopping at ``iterations`` would leave
+most of the budget unused in the OARS form, where redrawn proposals spend queries too).
 
 OARS form: stage 1 sets floors on the square side (``min_square``) and the number of squares per
 proposal (``squares``), chosen together, and, only where no squares get through alone, on a faint
@@ -22,7 +22,7 @@ import math
 import torch
 
 from dpplat.audits.attacks.base import Attack, Knob, random_sign, register_attack
-from dpplat.audits.attacks.stage1 import calibrate_knobs, search_knob
+from dpplat.audits.attacks.knob_calibration import calibrate_knobs, search_knob
 
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 

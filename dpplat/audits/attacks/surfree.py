@@ -33,7 +33,7 @@ import torch
 
 from dpplat.audits.attacks.base import Attack, Knob, register_attack
 from dpplat.audits.attacks.qeba import low_frequency
-from dpplat.audits.attacks.stage1 import calibrate_knobs
+from dpplat.audits.attacks.knob_calibration import calibrate_knobs
 from dpplat.audits.attacks.tiles import checked_coarseness, coarseness_in_use, finest_that_fits
 
 

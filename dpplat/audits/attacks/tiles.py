@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from dpplat.audits.attacks.stage1 import calibrate_knobs
+from dpplat.audits.attacks.knob_calibration import calibrate_knobs
 
 
 def tiled_normal(n: int, shape: tuple[int, ...], tile: int, generator: torch.Generator) -> torch.Tensor:
