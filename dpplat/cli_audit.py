@@ -91,6 +91,29 @@ def add_audit_parser(sub) -> None:
 
     show_defaults(m, MIAConfig)
     show_defaults(o, DefenseAuditConfig)
+    w = verbs.add_parser("whitebox", formatter_class=DefaultsFormatter,
+                         help="audit one DP-SGD training run with gradient canaries, observing every noisy update")
+    w.add_argument("--dataset", default=None, help=DATASET_HELP)
+    w.add_argument("--model", default=None, help="a zoo name or your own package.module:function")
+    w.add_argument("--epsilon", type=float, default=None, help="the claimed epsilon the training is calibrated to")
+    w.add_argument("--delta", type=float, default=None, help="delta of the claim")
+    w.add_argument("--canaries", type=int, default=None, help="gradient canaries, each included with probability 1/2")
+    w.add_argument("--steps", type=int, default=None, help="DP-SGD steps of the audited training")
+    w.add_argument("--runs", type=int, default=None, help="independent training runs whose canaries are pooled")
+    w.add_argument("--batch-size", type=int, default=None, help="expected batch size (sample rate = B / N)")
+    w.add_argument("--lr", type=float, default=None, help="SGD learning rate of the audited training")
+    w.add_argument("--clipping", choices=["per_layer", "flat"], default=None, help="clipping of the audited training")
+    w.add_argument("--subset", type=int, default=None, help="train on a deterministic subset of this many examples")
+    w.add_argument("--inject", choices=["none", "half-noise", "no-clip-one-layer", "noise-per-rank"], default=None,
+                   help="train with this fault while the accountant is told the correct settings")
+    w.add_argument("--seed", type=int, default=None, help="seeds the canaries, their inclusion and the training")
+    w.add_argument("--store", help="SQLite run store (default: DPPLAT_STORE or ./dpplat.db)")
+    w.add_argument("--data-dir", help="folder with the project's dataset copies (default: DPPLAT_DATA, or a "
+                                      "checkout's ../shared/data)")
+    w.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    from dpplat.audits.whitebox import WhiteboxConfig
+
+    show_defaults(w, WhiteboxConfig)
     r = verbs.add_parser("run", formatter_class=DefaultsFormatter, help="run an audit plan: a shipped plan's name or a "
                                                                         "TOML file")
     r.add_argument("plan", help="a shipped plan's name (dpplat audit plans lists them) or a plan file")
@@ -148,9 +171,43 @@ def _audit_scores(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_whitebox(args: argparse.Namespace) -> int:
+    """Exit status 1 when an empirical lower bound exceeds the claim, so that a script can stop on it."""
+    import json
+
+    from dpplat.audits.plans import run_and_store_whitebox
+    from dpplat.audits.whitebox import WhiteboxConfig, format_whitebox
+    from dpplat.interrupts import graceful_stop
+    from dpplat.store import RunStore
+
+    fields = ("dataset", "model", "epsilon", "delta", "canaries", "steps", "runs", "batch_size", "lr", "clipping", "subset",
+              "inject", "seed", "data_dir")
+    config = WhiteboxConfig(**{k: getattr(args, k) for k in fields if getattr(args, k) is not None})
+    store = RunStore(args.store or default_store_path())
+    with graceful_stop(immediate=True) as stop:
+        try:
+            audit_id, results = run_and_store_whitebox(
+                config, store, progress=None if args.json else lambda m: print(m, file=sys.stderr))
+        except KeyboardInterrupt:
+            print(f"dpplat audit: interrupted by {stop.reason}; the audit is recorded as interrupted.",
+                  file=sys.stderr)
+            return stop.exit_code
+    if args.json:
+        keys = ("claimed_epsilon", "lower_bound", "gdp_epsilon", "gdp_mu", "canaries", "included", "steps", "runs",
+                "noise_multiplier", "sample_rate", "inject", "exceeds_claim", "verdict")
+        print(json.dumps({**{k: results[k] for k in keys}, "bayes_lower_bound": results["bayes"]["lower_bound"],
+                          "audit_id": audit_id, "store": str(store.path.resolve())}))
+    else:
+        print(format_whitebox(results))
+        print(f"Audit {audit_id} stored in {store.path.resolve()}")
+    return 1 if results["exceeds_claim"] else 0
+
+
 def run_audit(args: argparse.Namespace) -> int:
     if args.verb == "scores":
         return _audit_scores(args)
+    if args.verb == "whitebox":
+        return _audit_whitebox(args)
     if args.verb == "plans":
         from dpplat.shipped import format_plans
 

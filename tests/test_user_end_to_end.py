@@ -7,15 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
-
-import dpplat.dashboard
 from dpplat.cli import main
 from dpplat.store import RunStore
+from tests.dashboard.test_app import open_page
 from tests.data_store.test_image_folder import image_folder
 from tests.data_store.test_user_data import user_npz
 
-APP = str(Path(dpplat.dashboard.__file__).parent / "app.py")
 USER_MODULE = '''
 from torch import nn
 
@@ -40,17 +37,6 @@ def user_folder(tmp_path, monkeypatch):
     yield tmp_path
     sys.modules.pop("user_nets", None)
     import_builder.cache_clear()
-
-
-def page(monkeypatch, store, name=None):
-    monkeypatch.setenv("DPPLAT_STORE", str(store))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    if name:
-        at.switch_page(f"pages/{name}.py")
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def train_and_audit(store, dataset, canary):
@@ -80,14 +66,14 @@ def test_a_users_module_and_npz_train_audit_and_show_on_the_dashboard(user_folde
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["claimed_epsilon"] == pytest.approx(run.epsilon) and scores["audit_id"] == 2
 
-    runs_page = page(monkeypatch, store)
+    runs_page = open_page(monkeypatch, store)
     frame = runs_page.dataframe[0].value
     assert list(frame["id"]) == [run.id] and frame["dataset"].iloc[0] == str(user_folder / "digits.npz")
     assert frame["model"].iloc[0] == "user_nets:tiny_cnn"
-    run_page = page(monkeypatch, store, "run")
+    run_page = open_page(monkeypatch, store, "run")
     assert run_page.selectbox[0].value == run.id
     assert {m.label: m.value for m in run_page.metric}["epsilon spent"] == f"{run.epsilon:.3f}"
-    audit_page = page(monkeypatch, store, "privacy_audit")
+    audit_page = open_page(monkeypatch, store, "privacy_audit")
     options = audit_page.selectbox[0].options
     assert any("your scores, run 1" in o for o in options) and any("digits.npz, run 1" in o for o in options)
     assert "members and 300 non-members" in audit_page.caption[0].value  # the newest audit: the user's scores
@@ -99,7 +85,7 @@ def test_a_users_module_and_image_folder_train_audit_and_show_on_the_dashboard(u
     run = train_and_audit(store, "digits", "mislabeled")
     assert run.accuracy > 0.5  # three classes: chance is 33%
     assert RunStore(store).audits()[0]["status"] == "finished"
-    frame = page(monkeypatch, store).dataframe[0].value
+    frame = open_page(monkeypatch, store).dataframe[0].value
     assert frame["dataset"].iloc[0] == str(user_folder / "digits")
-    options = page(monkeypatch, store, "privacy_audit").selectbox[0].options
+    options = open_page(monkeypatch, store, "privacy_audit").selectbox[0].options
     assert options == [f"audit 1: {user_folder / 'digits'}, run 1, claimed epsilon 8.0"]

@@ -92,6 +92,17 @@ def run_and_store(config: MIAConfig | DefenseAuditConfig, store: RunStore, *, ru
     return audit_id, results
 
 
+def run_and_store_whitebox(config, store: RunStore, progress=None) -> tuple[int, dict]:
+    """Run a white-box audit (:mod:`dpplat.audits.whitebox`) and record it in the store as kind ``whitebox``."""
+    from dpplat.audits.whitebox import audited_model, run_whitebox
+
+    config.validate()
+    dataset_info(config.dataset, config.data_dir)  # a user's dataset is read and checked before the audit is stored
+    audited_model(config)  # and the model built and checked
+    audit_id = store.create_audit(kind="whitebox", params=dataclasses.asdict(config))
+    return audit_id, _recorded(store, audit_id, lambda: run_whitebox(config, progress=progress))
+
+
 def _recorded(store: RunStore, audit_id: int, work) -> dict:
     """Run ``work`` with the audit row kept alive by a heartbeat; record its results or how it ended."""
     with store.heartbeat("audits", audit_id):

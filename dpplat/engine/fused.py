@@ -35,8 +35,12 @@ class Layer:
     rule: LayerRule
     params: list[tuple[str, nn.Parameter]]
     bound: float = math.inf
+    clipped: bool = True  # False only under an audit's fault injection (DPModule.skip_clipping)
     last_forward: int = -1
     pending: list = field(default_factory=list)
+
+
+UNCLIPPED = 1e30  # a bound no gradient reaches, finite so that float32 clip factors stay exactly 1
 
 
 class _ClipTap(torch.autograd.Function):
@@ -143,6 +147,11 @@ class DPModule(nn.Module):
     def per_layer_bounds(self) -> list[float]:
         return [layer.bound for layer in self._layers]
 
+    @property
+    def group_sizes(self) -> list[int]:
+        """Each clipping group's number of trainable values, in :meth:`trainable_parameters` order."""
+        return [sum(p.numel() for _, p in layer.params) for layer in self._layers]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for layer in self._layers for _, p in layer.params]
 
@@ -165,8 +174,45 @@ class DPModule(nn.Module):
         if self.clipping == "flat":
             layer.pending.append((forward_id, ctx, scale, layer.rule.norm_sq(ctx) * scale**2))
             return [None] * len(layer.params)
-        grads = layer.rule.clipped_grads_per_layer(ctx, layer.bound / scale)
+        grads = layer.rule.clipped_grads_per_layer(ctx, self._bound_of(layer) / scale)
         return [grads[name].mul_(scale) for name, _ in layer.params]
+
+    def _bound_of(self, layer: Layer) -> float:
+        return layer.bound if layer.clipped else UNCLIPPED
+
+    def add_example_gradients(self, gradients: torch.Tensor) -> None:
+        """Clip given per-sample gradients as the backward clips an example's, and add their clipped sum to ``.grad``.
+
+        ``gradients`` is (k, D), each row one example's whole gradient over :meth:`trainable_parameters`
+        in order. This is how an audit's gradient canaries join a step: clipped with the same bounds
+        and factors as every example (per group, or over the whole gradient with flat clipping),
+        summed with them, and noised with them by the optimizer.
+        """
+        params = self.trainable_parameters()
+        total = sum(p.numel() for p in params)
+        if gradients.dim() != 2 or gradients.shape[1] != total:
+            raise ValueError(f"example gradients must be (k, {total}), got {tuple(gradients.shape)}.")
+        if len(gradients) == 0:
+            return
+        parts = list(gradients.split(self.group_sizes, dim=1))
+        if self.clipping == "flat":
+            factor = clip_factors(gradients.pow(2).sum(dim=1), self.sensitivity)
+            factors = [factor] * len(parts)
+        else:
+            factors = [clip_factors(part.pow(2).sum(dim=1), self._bound_of(layer))
+                       for part, layer in zip(parts, self._layers)]
+        for layer, part, factor in zip(self._layers, parts, factors):
+            summed = (factor[:, None] * part).sum(dim=0)
+            offset = 0
+            for _, param in layer.params:
+                g = summed[offset: offset + param.numel()].view_as(param).to(param.dtype)
+                param.grad = g.clone() if param.grad is None else param.grad + g
+                offset += param.numel()
+
+    def skip_clipping(self, group: int) -> None:
+        """Fault injection for audits only: leave one clipping group's examples unclipped while the noise and
+        the accountant still assume its bound. Never part of a real training run."""
+        self._layers[group].clipped = False
 
     def finish_flat_clipping(self) -> None:
         """Form the flat-clipped sums from what the backward kept; adds them to ``.grad``."""

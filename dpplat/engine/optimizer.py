@@ -60,6 +60,9 @@ class DPOptimizer:
         self.generator = generator
         self.distributed = distributed
         self.step_hooks: list[Callable[["DPOptimizer"], None]] = []
+        # Fault injection for audits only: the noise drawn is this times sigma * C, while the accountant is
+        # told sigma. Always 1 in real training.
+        self.noise_fault_factor = 1.0
         self.steps_left: int | None = None
 
     @property
@@ -77,6 +80,10 @@ class DPOptimizer:
     @property
     def noise_std(self) -> float:
         return self.noise_multiplier * self.module.sensitivity
+
+    @property
+    def _drawn_std(self) -> float:
+        return self.noise_std * self.noise_fault_factor
 
     def attach_step_hook(self, fn: Callable[["DPOptimizer"], None]) -> None:
         self.step_hooks.append(fn)
@@ -96,7 +103,7 @@ class DPOptimizer:
             self._all_reduce_with_noise_once(params)
         else:
             for p in params:
-                add_gaussian_noise_(p.grad, self.noise_std, secure=self.secure_mode, generator=self.generator)
+                add_gaussian_noise_(p.grad, self._drawn_std, secure=self.secure_mode, generator=self.generator)
         for p in params:
             p.grad.div_(self.expected_batch_size)
 
@@ -112,7 +119,7 @@ class DPOptimizer:
 
         if dist.get_rank() == 0:
             for p in params:
-                add_gaussian_noise_(p.grad, self.noise_std, secure=self.secure_mode, generator=self.generator)
+                add_gaussian_noise_(p.grad, self._drawn_std, secure=self.secure_mode, generator=self.generator)
         flat = torch.cat([p.grad.reshape(-1) for p in params])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0

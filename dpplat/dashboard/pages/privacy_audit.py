@@ -11,10 +11,54 @@ import streamlit as st
 from dpplat.dashboard import loaders
 
 st.title("Privacy audit")
-found = loaders.finished_audits(("mia", "scores"), "No privacy audit in this store yet. Run one with:\n\n"
-                                                  "```bash\ndpplat audit run audits/mnist-eps8.toml\n```\n\nor "
-                                                  "estimate epsilon from your own attack's scores with "
-                                                  "`dpplat audit scores`.")
+EMPTY = ("No privacy audit in this store yet. Run one with:\n\n```bash\ndpplat audit run mnist-eps8\n"
+         "dpplat audit whitebox --epsilon 2\n```\n\nor estimate epsilon from your own attack's scores with "
+         "`dpplat audit scores`.")
+
+
+def finished(path: str, kinds: tuple[str, ...]) -> list[dict]:
+    return sorted((a for kind in kinds for a in loaders.audits(path, kind) if a["status"] == "finished"
+                   and a["results"]), key=lambda a: a["id"])
+
+
+def whitebox_section(audits: list[dict]) -> None:
+    """Gradient-canary audits: the bounds against the accountant's epsilon, the verdict, the score histograms."""
+    st.header("White-box audits (gradient canaries)")
+
+    def label(a):
+        r = a["results"]
+        return f"audit {a['id']}: {a['params']['model']} on {a['params']['dataset']}, inject {r['inject']}"
+
+    audit = st.selectbox("White-box audit", audits[::-1], format_func=label)
+    r = audit["results"]
+    (st.error if r["exceeds_claim"] else st.success)(r["verdict"])
+    cols = st.columns(4)
+    cols[0].metric("accountant's epsilon", f"{r['claimed_epsilon']:.3f}")
+    cols[1].metric("one-run lower bound (95%)", f"{r['lower_bound']:.3f}")
+    cols[2].metric("Bayesian lower bound (95%)", f"{r['bayes']['lower_bound']:.3f}")
+    cols[3].metric("model-based (mu-GDP) epsilon", f"{r['gdp_epsilon']:.3f}")
+    st.caption(f"{r['canaries']} canaries ({r['included']} included), {r['steps']} steps, sigma "
+               f"{r['noise_multiplier']:.3f}, q {r['sample_rate']:.4g}, delta {r['delta']:g}; measured noise "
+               f"{r['measured_noise']:.2f} x claimed, canary contribution {r['measured_canary_shift']:.2f} x C. "
+               + r["accounting_note"])
+    h = r["histogram"]
+    edges = h["edges"]
+    rows = [{"score": (edges[i] + edges[i + 1]) / 2, "canaries": count, "group": group}
+            for group in ("in", "out") for i, count in enumerate(h[group])]
+    st.altair_chart(alt.Chart(pd.DataFrame(rows)).mark_bar(opacity=0.5).encode(
+        x=alt.X("score:Q", title="canary score (log-likelihood ratio)"),
+        y=alt.Y("canaries:Q", stack=None), color=alt.Color("group:N", title="canary")), width="stretch")
+
+
+found = None
+if loaders.open_store() is not None:
+    path = loaders.store_path()
+    found = finished(path, ("mia", "scores")) or None
+    white = finished(path, ("whitebox",))
+    if found is None and not white:
+        st.info(EMPTY)
+    if white:
+        whitebox_section(white)
 if found is not None:
     def label(a):
         eps = a["results"]["claimed_epsilon"]

@@ -1,0 +1,328 @@
+"""The white-box audit of one DP-SGD training run with gradient canaries (Nasr et al. 2023; Steinke et al. 2023).
+
+Each of ``canaries`` auditor-chosen per-sample gradients enters training with probability 1/2. An
+included canary is one more example: every step samples it with the same probability q as every
+real example, the engine clips it with the same per-group bounds (:meth:`DPModule.add_example_gradients`)
+and its clipped gradient joins the clipped sum before the one noise draw. A canary is a random
+direction in every clipping group, ``overshoot`` times that group's bound long, so that correct
+clipping shortens it to the bound and a layer left unclipped shows. The accountant counts the
+canaries like any example (N grows by the included canaries; q is unchanged).
+
+The observer sees every noisy update (the threat model DP-SGD is accounted for) and knows the real
+examples' clipped sum of each step. DP-SGD's guarantee for a canary holds whatever the other
+examples contribute, so the observer subtracts it (else the real gradients, projected on a canary's
+direction, would swamp the signal) and projects the rest on each canary's direction, in units of
+the noise's standard deviation; the likelihood ratio of those projections given the claimed sigma
+and q scores each canary. The scores give the one-run
+bound, the Bayesian interval on its guesses and a mu-GDP fit (:mod:`dpplat.audits.canary_estimates`).
+
+Fault injection proves the audit's power: ``half-noise`` draws the noise at sigma / 2 and
+``no-clip-one-layer`` skips clipping in one group, while the accountant is told the correct settings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from dpplat import data as datasets
+from dpplat.audits.canary_estimates import gdp_fit, likelihood_ratio_scores, measured_scales, one_run_bound
+from dpplat.audits.estimate import estimate_epsilon
+from dpplat.config_checks import check_choice, check_range, check_types
+from dpplat.engine import accounting
+from dpplat.engine.privacy_engine import PrivacyEngine
+
+INJECTIONS = ("none", "half-noise", "no-clip-one-layer", "noise-per-rank")
+
+
+@dataclass
+class WhiteboxConfig:
+    """One white-box audit: the training it watches and the canaries it plants."""
+
+    dataset: str = "mnist"
+    model: str = "cnn"
+    epsilon: float = 2.0
+    delta: float = 1e-5
+    canaries: int = 10000  # per run
+    steps: int = 500
+    runs: int = 1  # independent training runs, each with its own canaries, pooled into one game
+    batch_size: int = 256
+    max_grad_norm: float = 1.0
+    clipping: str = "per_layer"
+    lr: float = 2.0
+    accountant: str = "prv"
+    overshoot: float = 10.0
+    inject: str = "none"
+    inject_group: int = -1  # the clipping group ``no-clip-one-layer`` leaves unclipped (-1: the last)
+    subset: int | None = None
+    confidence: float = 0.95
+    seed: int = 0
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        self.dataset = datasets.canonical_dataset(self.dataset)
+        self.validate()
+
+    def validate(self) -> None:
+        check_types(self)
+        check_range("epsilon", self.epsilon, low=0, low_open=True)
+        check_range("delta", self.delta, low=0, high=1, low_open=True, high_open=True)
+        check_range("canaries", self.canaries, low=2)
+        check_range("steps", self.steps, low=1)
+        check_range("runs", self.runs, low=1)
+        check_range("batch_size", self.batch_size, low=1)
+        check_range("max_grad_norm", self.max_grad_norm, low=0, low_open=True)
+        check_range("lr", self.lr, low=0, low_open=True)
+        check_range("overshoot", self.overshoot, low=1)
+        check_range("confidence", self.confidence, low=0, high=1, low_open=True, high_open=True)
+        check_choice("clipping", self.clipping, ("per_layer", "flat"))
+        check_choice("accountant", self.accountant, ("prv", "rdp"))
+        check_choice("inject", self.inject, INJECTIONS)
+        if self.inject == "noise-per-rank":
+            raise ValueError("--inject noise-per-rank adds the noise on every rank of a data-parallel run, and the "
+                             "white-box audit trains in one process; choose none, half-noise or no-clip-one-layer.")
+        if self.inject == "no-clip-one-layer" and self.clipping != "per_layer":
+            raise ValueError("--inject no-clip-one-layer skips one clipping group's clipping, so it needs "
+                             "--clipping per_layer.")
+        datasets.check_dataset_name(self.dataset)
+
+
+SUPPORT = 64  # coordinates of a canary's direction in each clipping group
+
+
+@dataclass(frozen=True)
+class CanaryDirections:
+    """Unit directions, each supported on a few random coordinates per clipping group: (m, K) indices and values.
+
+    A sparse support keeps thousands of canaries cheap to store and to project on; two canaries
+    share a coordinate rarely, and then with random signs, so they barely see each other.
+    """
+
+    index: torch.Tensor
+    value: torch.Tensor
+    size: int
+
+    def project(self, vector: torch.Tensor) -> torch.Tensor:
+        """Each direction's inner product with a (size,) vector."""
+        return (vector[self.index] * self.value).sum(dim=1)
+
+    def dense(self, rows: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The chosen directions as dense (k, size) rows."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        out = torch.zeros(len(rows), self.size, dtype=self.value.dtype)
+        return out.scatter_(1, self.index[rows], self.value[rows])
+
+
+def canary_directions(bounds: list[float], sizes: list[int], count: int, generator: torch.Generator,
+                      clipping: str) -> CanaryDirections:
+    """Per clipping group a random direction on ``SUPPORT`` coordinates, weighted by the group's bound
+    (so that after per-group clipping every group's part is at its bound); unit length overall."""
+    indices, values, offset = [], [], 0
+    for bound, size in zip(bounds, sizes):
+        k = min(SUPPORT, size)
+        index = torch.rand(count, size, generator=generator).argsort(dim=1)[:, :k] if size <= 4096 else \
+            torch.stack([torch.randperm(size, generator=generator)[:k] for _ in range(count)])
+        v = torch.randn(count, k, generator=generator)
+        v /= v.norm(dim=1, keepdim=True)
+        indices.append(index + offset)
+        values.append(v * (bound if clipping == "per_layer" else 1.0))
+        offset += size
+    value = torch.cat(values, dim=1)
+    value /= value.norm(dim=1, keepdim=True)
+    return CanaryDirections(torch.cat(indices, dim=1), value, offset)
+
+
+NOISE_FLOOR, SHIFT_CEILING = 0.8, 1.25  # measured / claimed ratios beyond which the run contradicts its claim
+
+
+def _verdict(claimed: float, bound: float, bayes_bound: float, model_based: float, noise: float,
+             shift: float) -> tuple[str, bool]:
+    """The audit's conclusion in words, and whether it contradicts the claim."""
+    problems = []
+    if bound > claimed:
+        problems.append(f"the one-run 95% lower bound ({bound:.3f}) exceeds it")
+    if bayes_bound > claimed:
+        problems.append(f"the Bayesian 95% lower bound ({bayes_bound:.3f}) exceeds it")
+    if noise < NOISE_FLOOR:
+        problems.append(f"the noise measured in the updates is {noise:.2f} x the standard deviation the accountant "
+                        "assumes")
+    if shift > SHIFT_CEILING:
+        problems.append(f"a canary's clipped contribution measures {shift:.2f} x the clipping bound (clipping is "
+                        "not applied somewhere)")
+    if problems:
+        return (f"FAIL: this training leaks more than its claimed epsilon = {claimed:.3f}: " + "; ".join(problems)
+                + ". Suspect the clipping, the noise or the accounting.", True)
+    if model_based > 1.25 * claimed:
+        return (f"SUSPECT: the model-based estimate ({model_based:.3f}) is well above the claimed epsilon = "
+                f"{claimed:.3f}, though no bound exceeds it; run more canaries or steps.", False)
+    return (f"PASS: no empirical bound exceeds the claimed epsilon = {claimed:.3f}; the model-based estimate is "
+            f"{model_based:.3f}.", False)
+
+
+def audited_model(config: WhiteboxConfig) -> torch.nn.Module:
+    """The model the audit trains, refused in one line when the engine cannot make it private."""
+    from dpplat.engine.validate import check_module
+    from dpplat.training import TrainConfig, build_model
+
+    model = build_model(TrainConfig(dataset=config.dataset, model=config.model, data_dir=config.data_dir))
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"model {config.model} has no trainable parameters: there is nothing to audit.")
+    check_module(model)
+    return model
+
+
+@dataclass
+class ObservedRun:
+    """What the observer saw of one training run: each step's projection on each canary, and the truth."""
+
+    projections: np.ndarray  # (steps, canaries), in units of the claimed noise's standard deviation
+    included: np.ndarray
+    noise_multiplier: float
+    sample_rate: float
+    claimed_epsilon: float
+    dataset_size: int
+    clipping_groups: list[str]
+    inject_group: str | None
+
+
+def train_with_canaries(config: WhiteboxConfig, seed: int, say: Callable[[str], None]) -> ObservedRun:
+    """One DP-SGD training run with the canaries planted, observed at every step."""
+    torch.manual_seed(seed)
+    train_set = datasets.load_dataset(config.dataset, "train", subset=config.subset, seed=config.seed,
+                                      data_dir=config.data_dir)
+    model = audited_model(config)
+    included = np.random.default_rng(seed).random(config.canaries) < 0.5
+    n_real = len(train_set)
+    batch = min(config.batch_size, n_real)
+    sample_rate = batch / n_real  # canaries are sampled at the same rate as every example
+    accounting.check_budget(config.epsilon, config.delta, n_real + int(included.sum()))
+    sigma = accounting.calibrate_noise(target_epsilon=config.epsilon, target_delta=config.delta,
+                                       sample_rate=sample_rate, steps=config.steps, accountant=config.accountant)
+    engine = PrivacyEngine(accountant=config.accountant)
+    dp_model, dp_opt, loader = engine.make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=config.lr),
+        data_loader=DataLoader(train_set, batch_size=batch, shuffle=True), noise_multiplier=sigma,
+        max_grad_norm=config.max_grad_norm, clipping=config.clipping, target_epsilon=config.epsilon,
+        target_delta=config.delta, noise_generator=torch.Generator().manual_seed(seed + 1))
+    params = dp_model.trainable_parameters()
+    groups = dp_model.clipping_groups
+    directions = canary_directions(dp_model.per_layer_bounds, dp_model.group_sizes, config.canaries,
+                                   torch.Generator().manual_seed(seed + 2), config.clipping)
+    length = dp_model.sensitivity * config.overshoot  # overshoot x the bound: correct clipping shortens it
+    if config.inject == "half-noise":
+        dp_opt.noise_fault_factor = 0.5
+    target = None
+    if config.inject == "no-clip-one-layer":
+        target = config.inject_group % len(groups)
+        dp_model.skip_clipping(target)
+    noise_std = sigma * dp_model.sensitivity
+    projections = np.zeros((config.steps, config.canaries), dtype=np.float32)
+    canary_rng = np.random.default_rng(seed + 3)
+    real_sum = torch.zeros(sum(dp_model.group_sizes))
+    step = 0
+
+    def observe(opt) -> None:  # every noisy update, before the optimizer applies it
+        noisy_sum = torch.cat([p.grad.reshape(-1) for p in params]) * opt.expected_batch_size
+        projections[step] = (directions.project(noisy_sum - real_sum) / noise_std).numpy()
+
+    dp_opt.attach_step_hook(observe)
+    say(f"white-box audit: {config.canaries} canaries ({int(included.sum())} included), {config.steps} steps, "
+        f"sigma {sigma:.3f}, q {sample_rate:.4g}, inject {config.inject}, seed {seed}")
+    while step < config.steps:
+        for x, y in loader:
+            if step >= config.steps:
+                break
+            dp_opt.zero_grad()
+            if len(x):
+                F.cross_entropy(dp_model(x), y).backward()
+            real_sum.copy_(torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel())
+                                      for p in params]))
+            sampled = np.flatnonzero(included & (canary_rng.random(config.canaries) < sample_rate))
+            dp_model.add_example_gradients(directions.dense(sampled) * length)
+            dp_opt.step()
+            step += 1
+            if step % 100 == 0:
+                say(f"  step {step}/{config.steps}")
+    return ObservedRun(projections, included, sigma, sample_rate, engine.get_epsilon(config.delta), n_real, groups,
+                       groups[target] if target is not None else None)
+
+
+def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None = None) -> dict:
+    """Train ``runs`` times with canaries, observe every noisy update, and estimate epsilon from all the canaries.
+
+    Each run has its own canaries, and each canary is in one run only, so the runs' canaries pool
+    into one game: every canary is still protected at the claimed epsilon.
+    """
+    config.validate()
+    started = time.time()
+    say = progress or (lambda message: None)
+    observed = [train_with_canaries(config, config.seed + 1000 * i, say) for i in range(config.runs)]
+    first = observed[0]
+    claimed = max(o.claimed_epsilon for o in observed)
+    scales = [measured_scales(o.projections, o.noise_multiplier, o.sample_rate) for o in observed]
+    noise_scale = float(np.mean([n for n, _ in scales]))
+    shift_scale = float(np.mean([a for _, a in scales]))
+    scores = np.concatenate([
+        likelihood_ratio_scores(o.projections, o.noise_multiplier, o.sample_rate, noise_scale=n,
+                                shift_scale=max(a, 1e-3)) for o, (n, a) in zip(observed, scales)])
+    included = np.concatenate([o.included for o in observed])
+    bound = one_run_bound(scores, included, config.delta, config.confidence)
+    fit = gdp_fit(scores[included], scores[~included], config.delta)
+    order = np.argsort(scores, kind="stable")
+    half = bound.guesses // 2 or max(1, len(scores) // 20)
+    guessed_in, guessed_out = order[-half:], order[:half]
+    fp, fn = int((~included[guessed_in]).sum()), int(included[guessed_out].sum())
+    positives = int(included[guessed_in].sum() + included[guessed_out].sum())
+    negatives = 2 * half - positives
+    bayes = estimate_epsilon(fp, fn, max(negatives, 1), max(positives, 1), config.delta, config.confidence,
+                             method="bayes")
+    verdict, exceeds = _verdict(claimed, bound.lower_bound, bayes.lower_bound, fit.epsilon, noise_scale, shift_scale)
+    histogram_edges = np.histogram_bin_edges(scores, bins=40)
+    return {
+        "config": asdict(config),
+        "claimed_epsilon": claimed, "delta": config.delta, "noise_multiplier": first.noise_multiplier,
+        "sample_rate": first.sample_rate, "steps": config.steps, "runs": config.runs, "canaries": len(scores),
+        "included": int(included.sum()), "dataset_size": first.dataset_size,
+        "accounted_size": first.dataset_size + int(first.included.sum()),
+        "clipping_groups": first.clipping_groups, "inject": config.inject, "inject_group": first.inject_group,
+        "lower_bound": bound.lower_bound, "one_run": bound.as_dict(),
+        "bayes": {"low": bayes.low, "high": bayes.high, "lower_bound": bayes.lower_bound,
+                  "counts": {"fp": fp, "fn": fn, "negatives": negatives, "positives": positives}},
+        "gdp_mu": fit.mu, "gdp_epsilon": fit.epsilon,
+        "measured_noise": noise_scale, "measured_canary_shift": shift_scale,
+        "histogram": {"edges": histogram_edges.tolist(),
+                      "in": np.histogram(scores[included], bins=histogram_edges)[0].tolist(),
+                      "out": np.histogram(scores[~included], bins=histogram_edges)[0].tolist()},
+        "exceeds_claim": exceeds, "verdict": verdict,
+        "accounting_note": ("The canaries are examples: each included one is sampled at q like every example, so "
+                            "N grows by the included canaries and the accountant's epsilon covers each of them."),
+        "seconds": time.time() - started,
+    }
+
+
+def format_whitebox(results: dict) -> str:
+    """The audit's report: the three estimates beside the accountant's epsilon, and the verdict."""
+    b = results["bayes"]
+    lines = [
+        f"White-box audit: {results['canaries']} gradient canaries ({results['included']} included), "
+        f"{results['runs']} run(s) of {results['steps']} steps, sigma {results['noise_multiplier']:.3f}, q {results['sample_rate']:.4g}, "
+        f"delta {results['delta']:g}, inject {results['inject']}"
+        + (f" (group {results['inject_group']})" if results["inject_group"] else ""),
+        f"  accountant's epsilon (the claim):           {results['claimed_epsilon']:.3f}",
+        f"  one-run lower bound (95%, non-parametric):  {results['lower_bound']:.3f}   "
+        f"({results['one_run']['correct']} of {results['one_run']['guesses']} guesses right)",
+        f"  Bayesian interval on those guesses:         [{b['low']:.3f}, {b['high']:.3f}]",
+        f"  mu-GDP fit (model-based):                    mu {results['gdp_mu']:.3f}, "
+        f"epsilon {results['gdp_epsilon']:.3f}",
+        f"  measured against the claim: noise {results['measured_noise']:.2f} x sigma C, a canary's clipped "
+        f"contribution {results['measured_canary_shift']:.2f} x C",
+        results["verdict"],
+        results["accounting_note"],
+    ]
+    return "\n".join(lines)
