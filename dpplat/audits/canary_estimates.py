@@ -126,8 +126,9 @@ def likelihood_ratio_scores(projections: np.ndarray, noise_multiplier: float, sa
 
 
 def measured_scales(projections: np.ndarray, noise_multiplier: float, sample_rate: float,
-                    included_share: float = 0.5) -> tuple[float, float]:
-    """The noise's scale and the canaries' shift that the projections show, relative to the claim (1 and 1).
+                    included_share: float = 0.5) -> tuple[float, float, float]:
+    """The noise's scale and the canaries' shift that the projections show, relative to the claim (1 and 1), and
+    the shift's standard error.
 
     Every canary's projections mix N(0, s^2) with, in the share ``q * included_share`` of entries where
     an included canary was sampled, N(a, s^2); the mixture's mean gives a and its median absolute
@@ -136,5 +137,5 @@ def measured_scales(projections: np.ndarray, noise_multiplier: float, sample_rat
     """
     x = np.asarray(projections, np.float64).ravel()
     noise = 1.4826 * float(np.median(np.abs(x - np.median(x))))
-    shift = float(x.mean()) / (sample_rate * included_share)
-    return noise, shift * float(noise_multiplier)
+    scale = float(noise_multiplier) / (sample_rate * included_share)
+    return noise, float(x.mean()) * scale, float(x.std()) / math.sqrt(len(x)) * scale

@@ -180,6 +180,7 @@ class DPModule(nn.Module):
     def _bound_of(self, layer: Layer) -> float:
         return layer.bound if layer.clipped else UNCLIPPED
 
+    @torch.no_grad()
     def add_example_gradients(self, gradients: torch.Tensor) -> None:
         """Clip given per-sample gradients as the backward clips an example's, and add their clipped sum to ``.grad``.
 
@@ -214,8 +215,12 @@ class DPModule(nn.Module):
         the accountant still assume its bound. Never part of a real training run."""
         self._layers[group].clipped = False
 
+    @torch.no_grad()
     def finish_flat_clipping(self) -> None:
-        """Form the flat-clipped sums from what the backward kept; adds them to ``.grad``."""
+        """Form the flat-clipped sums from what the backward kept; adds them to ``.grad``.
+
+        Outside the backward autograd would record these operations on the kept activations; the
+        gradients are results, not part of any graph."""
         if self.clipping != "flat":
             return
         totals: dict[int, torch.Tensor] = {}

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from dpplat.audits.canary_estimates import (gdp_delta, gdp_epsilon, gdp_fit, likelihood_ratio_scores,
+from dpplat.audits.canary_estimates import (gdp_delta, gdp_epsilon, gdp_fit, likelihood_ratio_scores, measured_scales,
                                             one_run_bound)
 
 
@@ -68,3 +68,15 @@ def test_bad_inputs_are_refused():
         gdp_epsilon(1.0, 0.0)
     with pytest.raises(ValueError, match="positive noise multiplier"):
         likelihood_ratio_scores(np.zeros((2, 2)), 0.0, 0.1)
+
+
+def test_measured_scales_read_the_noise_and_the_shift_without_the_inclusions():
+    rng = np.random.default_rng(1)
+    steps, m, q, sigma = 200, 3_000, 0.05, 1.5
+    included = rng.random(m) < 0.5
+    sampled = (rng.random((steps, m)) < q) & included
+    for noise, shift in ((1.0, 1.0), (0.5, 1.0), (1.0, 3.0)):
+        x = rng.normal(0, noise, (steps, m)) + sampled * shift / sigma
+        measured_noise, measured_shift, error = measured_scales(x, sigma, q)
+        assert measured_noise == pytest.approx(noise, rel=0.05)
+        assert abs(measured_shift - shift) < 4 * error and error < 0.2

@@ -97,6 +97,17 @@ def test_bad_input_gets_one_line_and_stores_nothing(tmp_path, monkeypatch, capsy
     assert RunStore(store).audits() == []
 
 
+def test_an_opacus_run_is_audited_through_the_same_canaries_and_passes():
+    """The canaries go through Opacus's own clipping and noise; Opacus keeps its claim as dpplat does."""
+    results = run_whitebox(WhiteboxConfig(**SMALL, clipping="flat", subject="opacus"))
+    assert results["subject"] == "opacus" and not results["exceeds_claim"]
+    assert results["measured_noise"] == pytest.approx(1.0, abs=0.05)
+    assert results["measured_canary_shift"] == pytest.approx(1.0, abs=0.2)
+    assert results["gdp_epsilon"] == pytest.approx(results["claimed_epsilon"], rel=0.25)
+    with pytest.raises(ValueError, match="--subject opacus audits Opacus as it is"):
+        WhiteboxConfig(subject="opacus")
+
+
 def test_runs_pool_their_own_canaries_into_one_game():
     one = run_whitebox(WhiteboxConfig(steps=30, subset=500, batch_size=50, canaries=500))
     two = run_whitebox(WhiteboxConfig(steps=30, subset=500, batch_size=50, canaries=500, runs=2))

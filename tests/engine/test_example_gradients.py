@@ -61,3 +61,12 @@ def test_the_wrong_shape_is_refused():
     dp = DPModule(small_model(), max_grad_norm=1.0)
     with pytest.raises(ValueError, match=r"example gradients must be \(k, \d+\)"):
         dp.add_example_gradients(torch.zeros(2, 3, dtype=torch.float64))
+
+
+def test_flat_clipping_leaves_plain_gradients_outside_any_graph():
+    model = small_model()
+    dp = DPModule(model, max_grad_norm=0.1, clipping="flat")
+    x = torch.randn(4, 1, 6, 6, dtype=torch.float64)
+    row_losses(dp(x), torch.randn(4, 5, dtype=torch.float64)).sum().backward()
+    dp.finish_flat_clipping()
+    assert all(p.grad is not None and not p.grad.requires_grad for p in model.parameters())
