@@ -143,3 +143,36 @@ def test_frozen_parameters_are_not_clipped_or_updated():
     model[0].bias.requires_grad_(False)
     got, _ = check_rule(model, torch.randn(6, 5), C=0.1)
     assert "0.bias" not in got
+
+
+class LlamaStyleRMSNorm(nn.Module):
+    """An RMSNorm as Llama models write it: a weight and ``variance_epsilon``, computed in float32."""
+
+    def __init__(self, size, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size) + 0.1 * torch.randn(size))
+        self.variance_epsilon = eps
+
+    def forward(self, x):
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.variance_epsilon))
+
+
+@pytest.mark.parametrize("clipping", CLIPPINGS)
+@pytest.mark.parametrize("shape", [(5, 8), (4, 3, 8)])
+def test_rms_norm(clipping, shape):
+    torch.manual_seed(0)
+    norm = nn.RMSNorm(8, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.add_(0.1 * torch.randn(8))
+    check_rule(seq(nn.Linear(8, 8), norm, nn.Linear(8, 3)), torch.randn(shape), clipping=clipping, C=0.5)
+
+
+@pytest.mark.parametrize("clipping", CLIPPINGS)
+def test_a_llama_style_rms_norm_registered_by_its_class(clipping):
+    from dpplat.engine.rules.rms_norm import register_rms_norm
+
+    register_rms_norm(LlamaStyleRMSNorm)
+    torch.manual_seed(0)
+    check_rule(seq(nn.Linear(8, 8), LlamaStyleRMSNorm(8), nn.Linear(8, 3)), torch.randn(4, 3, 8), clipping=clipping,
+               C=0.5)
