@@ -1,0 +1,48 @@
+"""LoRA adapters: only the adapters are trained and clipped; the frozen base costs no per-sample work."""
+
+import pytest
+import torch
+from torch import nn
+
+from dpplat.engine import DPModule
+from dpplat.engine.rules.linear import LinearRule
+from dpplat.models.lora import LoRALinear, add_lora
+from tests.engine.reference import check_rule
+
+
+def pretrained():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 16), nn.LayerNorm(16), nn.Tanh(), nn.Linear(16, 4))
+
+
+@pytest.mark.parametrize("clipping", ["per_layer", "flat"])
+def test_the_adapters_clipped_sum_matches_the_per_sample_loop(clipping):
+    model = add_lora(pretrained(), rank=3)
+    with torch.no_grad():  # a trained adapter: B away from its zero start, so every gradient is non-trivial
+        for module in model.modules():
+            if isinstance(module, LoRALinear):
+                module.lora_b.weight.normal_()
+    got, _ = check_rule(model, torch.randn(6, 5, 12), clipping=clipping, C=0.2)
+    assert sorted(got) == ["0.lora_a.weight", "0.lora_b.weight", "3.lora_a.weight", "3.lora_b.weight"]
+
+
+def test_the_frozen_base_gets_no_per_sample_work(monkeypatch):
+    model = add_lora(pretrained(), rank=2)
+    seen = []
+    norm_sq = LinearRule.norm_sq
+    monkeypatch.setattr(LinearRule, "norm_sq", lambda self, ctx: seen.append(ctx.module) or norm_sq(self, ctx))
+    dp = DPModule(model, max_grad_norm=1.0)
+    assert dp.clipping_groups == ["0.lora_a", "0.lora_b", "3.lora_a", "3.lora_b"]
+    dp(torch.randn(8, 12)).square().sum().backward()
+    adapters = {id(m) for m in model.modules() if isinstance(m, nn.Linear) and m.weight.requires_grad}
+    assert len(seen) == 4 and {id(m) for m in seen} == adapters
+    assert all(p.grad is None for n, p in model.named_parameters() if "lora" not in n)
+
+
+def test_an_adapted_model_starts_as_the_pretrained_one_and_refuses_bad_input():
+    base = pretrained()
+    x = torch.randn(3, 12)
+    expected = base(x)
+    assert torch.allclose(add_lora(base)(x), expected)
+    with pytest.raises(ValueError, match="rank must be at least 1"):
+        LoRALinear(nn.Linear(2, 2), rank=0)
