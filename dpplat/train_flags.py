@@ -35,6 +35,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subset", type=int, help="train on a deterministic random subset of this many examples")
     p.add_argument("--test-subset", type=int, help="evaluate on a subset of the test split")
     p.add_argument("--augmult", type=int, help="augmentation multiplicity: K views per example, averaged before clipping")
+    p.add_argument("--max-physical-batch-size", type=int,
+                   help="examples per backward pass: a larger Poisson batch is split into micro-batches whose "
+                        "clipped sums add up before the one noise draw (virtual batches; accounting unchanged)")
     p.add_argument("--ema-decay", type=float, help="evaluate an exponential moving average of the weights")
     p.add_argument("--data-norm-noise", type=float,
                    help="noise multiplier of the private release of *-datanorm and *-centered models' feature "
@@ -63,7 +66,7 @@ def train_config_from_args(args: argparse.Namespace):
     overrides = {k: getattr(args, k) for k in (
         "dataset", "model", "epsilon", "delta", "sigma", "epochs", "batch_size", "max_grad_norm", "clipping",
         "accountant", "optimizer", "lr", "momentum", "seed", "subset", "test_subset", "secure_mode", "name", "data_dir",
-        "augmult", "ema_decay", "data_norm_noise", "data_norm_clip", "device", "allow_large_delta",
+        "augmult", "max_physical_batch_size", "ema_decay", "data_norm_noise", "data_norm_clip", "device", "allow_large_delta",
     )}
     if args.config:
         return TrainConfig.from_toml(args.config, **overrides)

@@ -28,6 +28,7 @@ from dpplat.checkpoints import CheckpointIdentity, checkpoint_path
 from dpplat.config_checks import check_choice, check_range, check_types
 from dpplat.engine import PrivacyEngine
 from dpplat.engine.accounting import ACCOUNTANTS, check_budget, check_noise_multiplier
+from dpplat.engine.virtual import micro_batches
 from dpplat.fixed_stem import fixed_stem, release_feature_statistics, stem_features, trained_part
 from dpplat.interrupts import StopRequest
 from dpplat.resume import resumable_config, resume_run
@@ -68,6 +69,7 @@ class TrainConfig:
     data_dir: str | None = None
     log_every: int = 0
     augmult: int = 1
+    max_physical_batch_size: int | None = None  # examples per backward; a larger Poisson batch is split (virtual)
     ema_decay: float | None = None
     data_norm_noise: float = 8.0  # Tramer & Boneh's bn_noise_multiplier; *-datanorm and *-centered models release statistics
     data_norm_clip: float = 3.0
@@ -117,7 +119,7 @@ class TrainConfig:
         if self.epsilon is not None and not self.epsilon > 0:
             raise ValueError(f"{flag('epsilon')} must be > 0 (or inf with --sigma for no budget), got {self.epsilon}.")
         check_budget(self.budget, self.delta)
-        for name in ("epochs", "batch_size", "augmult", "subset", "test_subset"):
+        for name in ("epochs", "batch_size", "augmult", "subset", "test_subset", "max_physical_batch_size"):
             check_range(flag(name), getattr(self, name), low=1)
         for name in ("max_grad_norm", "lr", "data_norm_noise", "data_norm_clip"):
             check_range(flag(name), getattr(self, name), low=0, low_open=True)
@@ -301,6 +303,7 @@ def train(
         done_steps = resume_run(store, run_id, config, engine, dp_loader, ema)
     checkpoint = checkpoint_path(store, run_id) if main_process else None
     dp_model.augmentation_multiplicity = config.augmult
+    physical_rows = config.max_physical_batch_size * config.augmult if config.max_physical_batch_size else None
     info = datasets.dataset_info(config.dataset, config.data_dir)
     view_rng = torch.Generator().manual_seed(config.seed + 2)
     stem = fixed_stem(model, config)
@@ -342,16 +345,21 @@ def train(
                         x = make_views(x, config.augmult, pad=info.size // 8, flip=info.flip,
                                        generator=view_rng)
                         y = y.repeat_interleave(config.augmult)
-                    out = dp_model(x)
-                    loss = F.cross_entropy(out, y)
-                    loss.backward()
+                    loss_sum, correct = 0.0, 0
+                    for xb, yb in micro_batches(x, y, max_rows=physical_rows):  # noise comes once, in step()
+                        out = dp_model(xb)
+                        loss = F.cross_entropy(out, yb)
+                        loss.backward()
+                        loss_sum += loss.item() * len(yb)
+                        correct += int((out.argmax(1) == yb).sum())
+                    loss = torch.tensor(loss_sum / max(len(y), 1))
                     dp_opt.step()
                     if ema is not None:
                         ema.update(model)
                     step += 1
                     if step % log_every == 0 or step == total_steps:
                         eps = engine.get_epsilon(config.delta)
-                        batch_acc = (out.argmax(1) == y).float().mean().item() if len(y) else None
+                        batch_acc = correct / len(y) if len(y) else None
                         store.log_step(run_id, step, epsilon=eps, loss=loss.item(), accuracy=batch_acc)
                         if bar is not None:
                             bar.set_postfix(eps=f"{eps:.3f}", loss=f"{loss.item():.3f}")
