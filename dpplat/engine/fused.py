@@ -40,6 +40,7 @@ class Layer:
     pending: list = field(default_factory=list)
 
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 UNCLIPPED = 1e30  # a bound no gradient reaches, finite so that float32 clip factors stay exactly 1
 
 
@@ -166,6 +167,13 @@ class DPModule(nn.Module):
             raise RuntimeError(f"batch of {rows} rows is not a multiple of augmentation_multiplicity={views}.")
         if rows == 0:  # an empty Poisson batch: the clipped sum is zero, the noise still comes
             return [torch.zeros_like(p) for _, p in layer.params] if self.clipping == "per_layer" else [None] * len(layer.params)
+        # Under autocast (bf16/fp16) the layer's input and output gradient arrive in low precision; norms,
+        # clip factors and the clipped sum are computed from them in float32, and the sum is returned in the
+        # parameters' own dtype, so the noise is drawn and added in float32 too.
+        if x.is_floating_point() and x.dtype in LOW_PRECISION:
+            x = x.float()
+        if grad_out.dtype in LOW_PRECISION:
+            grad_out = grad_out.float()
         # Per-sample gradients are ``scale`` times what the raw output gradient gives. Rules work on the raw
         # gradient (no scaled copy of it); the scale goes into the bound and the result instead:
         # min(1, C / (s n)) s g = s min(1, (C / s) / n) g.
@@ -175,7 +183,7 @@ class DPModule(nn.Module):
             layer.pending.append((forward_id, ctx, scale, layer.rule.norm_sq(ctx) * scale**2))
             return [None] * len(layer.params)
         grads = layer.rule.clipped_grads_per_layer(ctx, self._bound_of(layer) / scale)
-        return [grads[name].mul_(scale) for name, _ in layer.params]
+        return [grads[name].mul_(scale).to(param.dtype) for name, param in layer.params]
 
     def _bound_of(self, layer: Layer) -> float:
         return layer.bound if layer.clipped else UNCLIPPED
