@@ -176,3 +176,25 @@ def test_a_llama_style_rms_norm_registered_by_its_class(clipping):
     torch.manual_seed(0)
     check_rule(seq(nn.Linear(8, 8), LlamaStyleRMSNorm(8), nn.Linear(8, 3)), torch.randn(4, 3, 8), clipping=clipping,
                C=0.5)
+
+
+class Conv1D(nn.Module):
+    """Hugging Face GPT-2's Conv1D as that library defines it: weight (in, out), y = x @ W + b."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.2)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).reshape(*x.shape[:-1], -1)
+
+
+Conv1D.__module__ = "transformers.pytorch_utils"  # the name dpplat knows it by, without importing transformers
+
+
+@pytest.mark.parametrize("clipping", CLIPPINGS)
+@pytest.mark.parametrize("shape", [(5, 6), (4, 3, 6)])
+def test_gpt2_conv1d_is_known_by_name_and_clipped_as_a_transposed_linear(clipping, shape):
+    torch.manual_seed(0)
+    check_rule(seq(Conv1D(7, 6), nn.Tanh(), Conv1D(3, 7)), torch.randn(shape), clipping=clipping, C=0.3)

@@ -85,9 +85,23 @@ def register_rule(*module_types: type[nn.Module]) -> Callable[[type[LayerRule]],
     return decorator
 
 
+# Rules for other libraries' layers, by the class's module and name, so that dpplat needs no import of the
+# library: (module, qualified name) -> rule. The first module of such a class registers its type.
+_BY_NAME: dict[tuple[str, str], "LayerRule"] = {}
+
+
+def register_rule_by_name(module_name: str, class_name: str, rule: "LayerRule") -> None:
+    """Use ``rule`` for the class ``module_name.class_name`` of another library, without importing it."""
+    _BY_NAME[(module_name, class_name)] = rule
+
+
 def get_rule(module: nn.Module) -> LayerRule | None:
     """The rule for exactly this module's type (subclasses may change the forward, so no MRO walk)."""
-    return _RULES.get(type(module))
+    kind = type(module)
+    rule = _RULES.get(kind)
+    if rule is None and (kind.__module__, kind.__qualname__) in _BY_NAME:
+        rule = _RULES[kind] = _BY_NAME[(kind.__module__, kind.__qualname__)]
+    return rule
 
 
 def registered_types() -> list[type[nn.Module]]:

@@ -3,7 +3,8 @@
 The per-sample gradient of the scale is ``sum over positions of grad_out * x / rms(x)``, small
 (samples x normalized size), so it is instantiated as for LayerNorm. A Llama-style module from
 another library (one ``weight`` and ``variance_epsilon`` or ``eps``) is made known with
-:func:`register_rms_norm`, since the registry matches exact types.
+:func:`register_rms_norm`, since the registry matches exact types; ``transformers``' ``LlamaRMSNorm``
+is known by its name.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpplat.engine.rules.group_norm import clipped_from_per_sample, norm_from_per_sample, per_sample_affine_grads
-from dpplat.engine.rules.registry import LayerRule, RuleContext, register_rule
+from dpplat.engine.rules.registry import LayerRule, RuleContext, register_rule, register_rule_by_name
 
 
 def _eps(module: nn.Module) -> float | None:
@@ -52,6 +53,7 @@ class RMSNormRule(LayerRule):
 
 
 register_rule(nn.RMSNorm)(RMSNormRule)
+register_rule_by_name("transformers.models.llama.modeling_llama", "LlamaRMSNorm", RMSNormRule())
 
 
 def register_rms_norm(module_type: type[nn.Module]) -> type[nn.Module]:

@@ -1,0 +1,41 @@
+"""Rule for Hugging Face GPT-2's ``Conv1D``: ``y = x @ W + b`` with ``W`` of shape (in, out).
+
+It is a linear layer with its weight stored transposed, so the Linear rule's norms hold as they
+are (a norm does not see the transpose) and its clipped weight sum is transposed back. The rule
+is known by the class's name (``transformers.pytorch_utils.Conv1D``), so dpplat does not import
+``transformers``; :func:`register_conv1d` adds another class of that form.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dpplat.engine.rules.linear import LinearRule
+from dpplat.engine.rules.registry import RuleContext, clip_factors, register_rule, register_rule_by_name
+
+
+class TransposedLinearRule(LinearRule):
+    """A linear layer whose weight is stored as (in, out)."""
+
+    def forward(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        out = x @ module.weight.detach()
+        return out + module.bias.detach() if module.bias is not None else out
+
+    def clipped_grads(self, ctx: RuleContext, factors: torch.Tensor) -> dict[str, torch.Tensor]:
+        grads = super().clipped_grads(ctx, factors)
+        if "weight" in grads:
+            grads["weight"] = grads["weight"].t().contiguous()
+        return grads
+
+    def clipped_grads_per_layer(self, ctx: RuleContext, bound: float) -> dict[str, torch.Tensor]:
+        return self.clipped_grads(ctx, clip_factors(self.norm_sq(ctx), bound))
+
+
+register_rule_by_name("transformers.pytorch_utils", "Conv1D", TransposedLinearRule())
+
+
+def register_conv1d(module_type: type[nn.Module]) -> type[nn.Module]:
+    """Use the transposed-linear rule for a class with ``weight`` (in, out) and ``bias`` (out); returns the class."""
+    register_rule(module_type)(TransposedLinearRule)
+    return module_type
