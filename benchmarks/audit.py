@@ -1,5 +1,6 @@
 """Audit benchmarks: (1) Bayesian vs Clopper–Pearson interval time and width across count sizes;
-(2) the MNIST audit table at epsilon 1, 8 and infinity, empirical interval next to the claim;
+(2) the MNIST audit table at epsilon 1, 8 and infinity, empirical interval next to the claim, with mislabelled and
+crafted canaries side by side;
 (3) the white-box gradient-canary audit at epsilon 1, 2 and 8, correct and with injected faults.
 
     python benchmarks/audit.py [--skip-audits] [--models 16] [--challenges 256]
@@ -40,18 +41,19 @@ def interval_table() -> None:
                   f"{ratio:.2f} |", flush=True)
 
 
-def audit_table(models: int | None, challenges: int | None) -> None:
-    print("\n| plan | claimed epsilon | Bayes 95% interval | Bayes lower bound | Clopper–Pearson | one-run bound | "
+def audit_table(models: int | None, challenges: int | None, canaries: list[str]) -> None:
+    print("\n| plan | canary | claimed epsilon | Bayes 95% interval | Bayes lower bound | Clopper–Pearson | one-run bound | "
           "loss AUC | models | canaries | wall time (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in ("mnist-eps1", "mnist-eps8", "mnist-epsinf"):
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, canary in [(n, c) for n in ("mnist-eps1", "mnist-eps8", "mnist-epsinf") for c in canaries]:
         plan = load_plan(ROOT / "audits" / f"{name}.toml")
         plan.models = models or plan.models
         plan.challenges = challenges or plan.challenges
-        r = run_mia(plan, ROOT / ".cache" / "bench-audits" / name)
+        plan.canary = canary
+        r = run_mia(plan, ROOT / ".cache" / "bench-audits" / f"{name}-{canary}")
         b, cp = r["bayes"], r["clopper_pearson"]
         claimed = "inf" if r["claimed_epsilon"] is None else f"{r['claimed_epsilon']:g}"
-        print(f"| {name} | {claimed} | [{b['low']:.3f}, {b['high']:.3f}] | {b['lower_bound']:.3f} | "
+        print(f"| {name} | {canary} | {claimed} | [{b['low']:.3f}, {b['high']:.3f}] | {b['lower_bound']:.3f} | "
               f"[{cp['low']:.3f}, {cp['high']:.3f}] | {r['one_run']['lower_bound']:.3f} | {r['roc']['loss']['auc']:.3f} | "
               f"{r['models']} | {r['challenges']} | {r['seconds']:.0f} |", flush=True)
 
@@ -81,6 +83,8 @@ def main(argv=None):
     parser.add_argument("--only", choices=["intervals", "mia", "whitebox"], help="run one table")
     parser.add_argument("--models", type=int)
     parser.add_argument("--challenges", type=int)
+    parser.add_argument("--canaries", nargs="+", default=["mislabeled", "crafted"],
+                        help="membership audits: the canary kinds compared side by side")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 2], help="white-box seeds")
     parser.add_argument("--subset", type=int, default=None, help="white-box: MNIST training examples")
     parser.add_argument("--steps", type=int, default=500, help="white-box: DP-SGD steps")
@@ -89,7 +93,7 @@ def main(argv=None):
     if args.only in (None, "intervals"):
         interval_table()
     if args.only == "mia" or (args.only is None and not args.skip_audits):
-        audit_table(args.models, args.challenges)
+        audit_table(args.models, args.challenges, args.canaries)
     if args.only == "whitebox" or (args.only is None and not args.skip_audits):
         whitebox_table(args.seeds, args.subset, args.steps)
 

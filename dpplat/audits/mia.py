@@ -2,7 +2,8 @@
 
 Each of ``models`` models trains on a fixed base set plus each of ``challenges``
 canaries independently with probability 1/2 (by default mislabelled training
-examples: the points a model can only fit by memorising them). Every model scores
+examples: the points a model can only fit by memorising them; or held-out natural
+examples; or crafted out-of-distribution images). Every model scores
 every canary. Half of the canaries (the calibration set) choose the attack's
 decision threshold; only the other half are counted, so the threshold never sees
 the points it is judged on. All (model, canary) guesses are pooled into one count
@@ -33,6 +34,7 @@ from dpplat.config_checks import check_choice, check_range, check_types
 from dpplat.data import canonical_dataset, check_dataset_name, dataset_info
 from dpplat.training import TrainConfig
 
+CANARIES = ("mislabeled", "natural", "crafted")  # crafted: out-of-distribution noise images (crafted_images)
 INDEPENDENCE_NOTE = (
     "Guesses from all canaries of all models are pooled as if independent (the heuristic of "
     "Zanella-Béguelin et al. 2023); canaries of one model share its training run, so the interval "
@@ -71,7 +73,7 @@ class MIAConfig:
         if self.models < 1 or self.challenges < 4:
             raise ValueError("an audit needs at least 1 model and 4 challenges (use --models 16 --challenges 256).")
         check_choice("attack", self.attack, MEMBERSHIP_SCORES)
-        check_choice("canary", self.canary, ("mislabeled", "natural"))
+        check_choice("canary", self.canary, CANARIES)
         check_choice("backend", self.backend, BACKENDS)
         check_dataset_name(self.dataset)
         check_range("calibration_fraction", self.calibration_fraction, low=0, high=1, low_open=True, high_open=True)
@@ -104,6 +106,20 @@ def _job_key(config: MIAConfig, index: int, mask: np.ndarray) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def crafted_images(x, count: int, seed: int):
+    """Out-of-distribution canaries: uniform noise images in the data's normalised range, one per canary.
+
+    No training image resembles them, so the model's output on one depends on little but whether it
+    was trained on it: the input-space analogue of a gradient canary (as in Yoon et al. 2024's
+    crafted canaries). Drawn from a seed, so every model of the game sees the same images.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    low, high = x.amin(dim=0, keepdim=True), x.amax(dim=0, keepdim=True)
+    return low + (high - low) * torch.rand((count, *x.shape[1:]), generator=generator)
+
+
 def train_and_score(job: dict) -> str:
     """One model of the game: train on base + included canaries, score every canary; writes an .npz."""
     import torch
@@ -117,7 +133,7 @@ def train_and_score(job: dict) -> str:
     warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")  # Opacus's RDP hint
     full = load_dataset(job["dataset"], "train", data_dir=job["data_dir"])
     x, y = full.tensors
-    canary_x = x[job["challenge_idx"]]
+    canary_x = x[job["challenge_idx"]] if job.get("crafted") is None else crafted_images(x, **job["crafted"])
     canary_y = torch.as_tensor(job["challenge_labels"])
     included = torch.as_tensor(job["mask"], dtype=torch.bool)
     train_x = torch.cat([x[job["base_idx"]], canary_x[included]])
@@ -192,7 +208,7 @@ def run_mia(config: MIAConfig, workdir: str | Path, *, progress=None) -> dict:
     base_idx = order[: config.base_size]
     challenge_idx = order[config.base_size : config.base_size + config.challenges]
     challenge_labels = labels[challenge_idx].copy()
-    if config.canary == "mislabeled":
+    if config.canary in ("mislabeled", "crafted"):  # a crafted image gets a random label too
         classes = len(dataset_info(config.dataset, config.data_dir).classes)
         challenge_labels = (challenge_labels + rng.integers(1, classes, len(challenge_labels))) % classes
     members = rng.random((config.models, config.challenges)) < 0.5
@@ -206,7 +222,9 @@ def run_mia(config: MIAConfig, workdir: str | Path, *, progress=None) -> dict:
             jobs.append({"key": key, "dataset": config.dataset, "data_dir": config.data_dir, "base_idx": base_idx.tolist(),
                          "challenge_idx": challenge_idx.tolist(), "challenge_labels": challenge_labels.tolist(),
                          "mask": members[j].tolist(), "train": train_dict, "private": config.private,
-                         "seed": config.seed * 100_003 + j, "out": str(out)})
+                         "seed": config.seed * 100_003 + j, "out": str(out),
+                         "crafted": {"count": config.challenges, "seed": config.seed + 7}
+                         if config.canary == "crafted" else None})
     if progress:
         progress(f"training {len(jobs)} of {config.models} models ({config.models - len(jobs)} already done)")
     make_backend(config.backend, workers=config.workers).map(train_and_score, jobs)

@@ -4,6 +4,7 @@ import dataclasses
 import math
 
 import numpy as np
+import torch
 import pytest
 
 from dpplat.audits.mia import MIAConfig, run_mia
@@ -115,3 +116,15 @@ def test_ray_backend_runs_the_same_jobs_as_the_process_pool(tmp_path):
         ray.shutdown()
     assert remote["counts"] == local["counts"]
     assert len(list((tmp_path / "ray").glob("model-*.npz"))) == 6
+
+
+def test_crafted_canaries_are_the_same_images_in_every_model_and_a_non_private_model_memorises_them(tmp_path):
+    from dpplat.audits.mia import crafted_images
+    from dpplat.data import load_dataset
+
+    x = load_dataset("mnist", "train", subset=100).tensors[0]
+    a, b = crafted_images(x, count=5, seed=3), crafted_images(x, count=5, seed=3)
+    assert torch.equal(a, b) and a.shape == (5, 1, 28, 28) and not torch.equal(a, crafted_images(x, count=5, seed=4))
+    assert a.min() >= x.min() and a.max() <= x.max()
+    leaky = run_mia(tiny(math.inf, canary="crafted"), tmp_path / "crafted")
+    assert leaky["canary"] == "crafted" and leaky["bayes"]["lower_bound"] > 0.5
