@@ -202,19 +202,39 @@ class ObservedRun:
     inject_group: str | None
 
 
+@dataclass
+class AuditedTraining:
+    """What every subject's audited run starts from: the data, the model, the canaries' inclusion, q and sigma."""
+
+    train_set: object
+    model: torch.nn.Module
+    included: np.ndarray
+    dataset_size: int
+    batch: int
+    sample_rate: float
+    sigma: float
+
+    @classmethod
+    def build(cls, config: WhiteboxConfig, seed: int) -> "AuditedTraining":
+        torch.manual_seed(seed)
+        train_set = datasets.load_dataset(config.dataset, "train", subset=config.subset, seed=config.seed,
+                                          data_dir=config.data_dir)
+        model = audited_model(config)
+        included = np.random.default_rng(seed).random(config.canaries) < 0.5
+        n_real = len(train_set)
+        batch = min(config.batch_size, n_real)
+        sample_rate = batch / n_real  # canaries are sampled at the same rate as every example
+        accounting.check_budget(config.epsilon, config.delta, n_real + int(included.sum()))
+        sigma = accounting.calibrate_noise(target_epsilon=config.epsilon, target_delta=config.delta,
+                                           sample_rate=sample_rate, steps=config.steps, accountant=config.accountant)
+        return cls(train_set, model, included, n_real, batch, sample_rate, sigma)
+
+
 def train_with_canaries(config: WhiteboxConfig, seed: int, say: Callable[[str], None]) -> ObservedRun:
     """One DP-SGD training run with the canaries planted, observed at every step."""
-    torch.manual_seed(seed)
-    train_set = datasets.load_dataset(config.dataset, "train", subset=config.subset, seed=config.seed,
-                                      data_dir=config.data_dir)
-    model = audited_model(config)
-    included = np.random.default_rng(seed).random(config.canaries) < 0.5
-    n_real = len(train_set)
-    batch = min(config.batch_size, n_real)
-    sample_rate = batch / n_real  # canaries are sampled at the same rate as every example
-    accounting.check_budget(config.epsilon, config.delta, n_real + int(included.sum()))
-    sigma = accounting.calibrate_noise(target_epsilon=config.epsilon, target_delta=config.delta,
-                                       sample_rate=sample_rate, steps=config.steps, accountant=config.accountant)
+    setup = AuditedTraining.build(config, seed)
+    train_set, model, included, n_real, batch, sample_rate, sigma = (
+        setup.train_set, setup.model, setup.included, setup.dataset_size, setup.batch, setup.sample_rate, setup.sigma)
     engine = PrivacyEngine(accountant=config.accountant)
     dp_model, dp_opt, loader = engine.make_private(
         module=model, optimizer=torch.optim.SGD(model.parameters(), lr=config.lr),

@@ -16,27 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from dpplat import data as datasets
-from dpplat.engine import accounting
 
 
 def train_opacus_with_canaries(config, seed: int, say: Callable[[str], None]):
     """One Opacus DP-SGD run with the canaries planted, observed at every step (see :func:`train_with_canaries`)."""
     from opacus import PrivacyEngine as OpacusEngine
 
-    from dpplat.audits.whitebox import ObservedRun, audited_model, canary_directions
+    from dpplat.audits.whitebox import AuditedTraining, ObservedRun, canary_directions
 
-    torch.manual_seed(seed)
-    train_set = datasets.load_dataset(config.dataset, "train", subset=config.subset, seed=config.seed,
-                                      data_dir=config.data_dir)
-    model = audited_model(config)
-    included = np.random.default_rng(seed).random(config.canaries) < 0.5
-    n_real = len(train_set)
-    batch = min(config.batch_size, n_real)
-    sample_rate = batch / n_real
-    accounting.check_budget(config.epsilon, config.delta, n_real + int(included.sum()))
-    sigma = accounting.calibrate_noise(target_epsilon=config.epsilon, target_delta=config.delta,
-                                       sample_rate=sample_rate, steps=config.steps, accountant=config.accountant)
+    setup = AuditedTraining.build(config, seed)
+    train_set, model, included, n_real, batch, sample_rate, sigma = (
+        setup.train_set, setup.model, setup.included, setup.dataset_size, setup.batch, setup.sample_rate, setup.sigma)
     engine = OpacusEngine(accountant=config.accountant)
     model, optimizer, loader = engine.make_private(
         module=model, optimizer=torch.optim.SGD(model.parameters(), lr=config.lr),

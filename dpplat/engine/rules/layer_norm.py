@@ -17,9 +17,16 @@ class LayerNormRule(LayerRule):
         bias = module.bias.detach() if module.bias is not None else None
         return F.layer_norm(x, module.normalized_shape, weight, bias, module.eps)
 
+    def _shape(self, module: nn.Module) -> tuple[int, ...]:
+        return tuple(module.normalized_shape)
+
+    def _normalized(self, ctx: RuleContext) -> torch.Tensor:
+        """The input normalised without the affine parameters: what the weight multiplies."""
+        return F.layer_norm(ctx.x, self._shape(ctx.module), eps=ctx.module.eps)
+
     def _per_sample(self, ctx: RuleContext):
-        shape = ctx.module.normalized_shape
-        normalized = F.layer_norm(ctx.x, shape, eps=ctx.module.eps)
+        shape = self._shape(ctx.module)
+        normalized = self._normalized(ctx)
         # Sum over the leading non-batch dims, keep the normalized dims flattened.
         rows = ctx.x.shape[0]
         flat = lambda t: t.reshape(rows, -1, int(torch.Size(shape).numel()))  # noqa: E731

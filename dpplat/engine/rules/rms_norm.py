@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpplat.engine.rules.group_norm import clipped_from_per_sample, norm_from_per_sample, per_sample_affine_grads
-from dpplat.engine.rules.registry import LayerRule, RuleContext, register_rule, register_rule_by_name
+from dpplat.engine.rules.layer_norm import LayerNormRule
+from dpplat.engine.rules.registry import RuleContext, register_rule, register_rule_by_name
 
 
 def _eps(module: nn.Module) -> float | None:
@@ -24,32 +24,19 @@ def _eps(module: nn.Module) -> float | None:
     return None
 
 
-def _shape(module: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
-    shape = getattr(module, "normalized_shape", None)
-    return tuple(shape) if shape is not None else tuple(module.weight.shape)
+class RMSNormRule(LayerNormRule):
+    """LayerNorm's per-sample affine gradients, with the input normalised by its root mean square only."""
 
-
-class RMSNormRule(LayerRule):
     def forward(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         weight = module.weight.detach() if getattr(module, "weight", None) is not None else None
-        return F.rms_norm(x, _shape(module, x), weight, _eps(module))
+        return F.rms_norm(x, self._shape(module), weight, _eps(module))
 
-    def _per_sample(self, ctx: RuleContext):
-        shape = _shape(ctx.module, ctx.x)
-        normalized = F.rms_norm(ctx.x, shape, None, _eps(ctx.module))
-        rows = ctx.x.shape[0]
-        flat = lambda t: t.reshape(rows, -1, int(torch.Size(shape).numel()))  # noqa: E731
-        sub = RuleContext(ctx.module, ctx.x, flat(ctx.grad_output), ctx.views, ctx.cache)
-        return per_sample_affine_grads(sub, flat(normalized), (1,))
+    def _shape(self, module: nn.Module) -> tuple[int, ...]:
+        shape = getattr(module, "normalized_shape", None)
+        return tuple(shape) if shape is not None else tuple(module.weight.shape)
 
-    def norm_sq(self, ctx: RuleContext) -> torch.Tensor:
-        return norm_from_per_sample(ctx, self._per_sample(ctx))
-
-    def clipped_grads(self, ctx: RuleContext, factors: torch.Tensor) -> dict[str, torch.Tensor]:
-        if "per_sample" not in ctx.cache:
-            self.norm_sq(ctx)
-        shapes = {name: getattr(ctx.module, name).shape for name in ctx.cache["per_sample"]}
-        return clipped_from_per_sample(ctx, factors, shapes)
+    def _normalized(self, ctx: RuleContext) -> torch.Tensor:
+        return F.rms_norm(ctx.x, self._shape(ctx.module), None, _eps(ctx.module))
 
 
 register_rule(nn.RMSNorm)(RMSNormRule)
