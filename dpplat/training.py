@@ -345,21 +345,21 @@ def train(
                         x = make_views(x, config.augmult, pad=info.size // 8, flip=info.flip,
                                        generator=view_rng)
                         y = y.repeat_interleave(config.augmult)
-                    loss_sum, correct = 0.0, 0
+                    loss_sum, correct = 0.0, 0  # tensors after the first micro-batch: no device sync per step
                     for xb, yb in micro_batches(x, y, max_rows=physical_rows):  # noise comes once, in step()
                         out = dp_model(xb)
                         loss = F.cross_entropy(out, yb)
                         loss.backward()
-                        loss_sum += loss.item() * len(yb)
-                        correct += int((out.argmax(1) == yb).sum())
-                    loss = torch.tensor(loss_sum / max(len(y), 1))
+                        loss_sum = loss_sum + loss.detach() * len(yb)
+                        correct = correct + (out.argmax(1) == yb).sum()
+                    loss = loss_sum / max(len(y), 1)
                     dp_opt.step()
                     if ema is not None:
                         ema.update(model)
                     step += 1
                     if step % log_every == 0 or step == total_steps:
                         eps = engine.get_epsilon(config.delta)
-                        batch_acc = correct / len(y) if len(y) else None
+                        batch_acc = float(correct) / len(y) if len(y) else None
                         store.log_step(run_id, step, epsilon=eps, loss=loss.item(), accuracy=batch_acc)
                         if bar is not None:
                             bar.set_postfix(eps=f"{eps:.3f}", loss=f"{loss.item():.3f}")

@@ -95,13 +95,17 @@ def select_run(label: str = "Run"):
     return path, frame, frame[frame["id"] == run_id].iloc[0]
 
 
-def finished_audits(kinds: str | tuple[str, ...], empty_message: str) -> list[dict] | None:
-    """The store's finished audits of these kinds by id, or None after a message (no store, or none yet)."""
+def finished_of(path: str, kinds: tuple[str, ...]) -> list[dict]:
+    """The store's finished audits of these kinds, with results, by id."""
+    return sorted((a for kind in kinds for a in audits(path, kind) if a["status"] == "finished" and a["results"]),
+                  key=lambda a: a["id"])
+
+
+def finished_audits(kind: str, empty_message: str) -> list[dict] | None:
+    """The store's finished audits of ``kind``, or None after a message (no store, or none yet)."""
     if open_store() is None:
         return None
-    kinds = (kinds,) if isinstance(kinds, str) else kinds
-    found = sorted((a for kind in kinds for a in audits(store_path(), kind) if a["status"] == "finished"
-                    and a["results"]), key=lambda a: a["id"])
+    found = finished_of(store_path(), (kind,))
     if not found:
         st.info(empty_message)
         return None

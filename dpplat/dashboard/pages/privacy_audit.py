@@ -16,11 +16,6 @@ EMPTY = ("No privacy audit in this store yet. Run one with:\n\n```bash\ndpplat a
          "`dpplat audit scores`.")
 
 
-def finished(path: str, kinds: tuple[str, ...]) -> list[dict]:
-    return sorted((a for kind in kinds for a in loaders.audits(path, kind) if a["status"] == "finished"
-                   and a["results"]), key=lambda a: a["id"])
-
-
 def whitebox_section(audits: list[dict]) -> None:
     """Gradient-canary audits: the bounds against the accountant's epsilon, the verdict, the score histograms."""
     st.header("White-box audits (gradient canaries)")
@@ -53,8 +48,8 @@ def whitebox_section(audits: list[dict]) -> None:
 found = None
 if loaders.open_store() is not None:
     path = loaders.store_path()
-    found = finished(path, ("mia", "scores")) or None
-    white = finished(path, ("whitebox",))
+    found = loaders.finished_of(path, ("mia", "scores")) or None
+    white = loaders.finished_of(path, ("whitebox",))
     if found is None and not white:
         st.info(EMPTY)
     if white:
