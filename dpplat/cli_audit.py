@@ -69,8 +69,9 @@ def add_audit_parser(sub) -> None:
     o.add_argument("--model", default=None, help="zoo model to train (non-private) and attack, when no --run")
     o.add_argument("--defense", default=None, help="blacklight, piha, stateful-detection, none, or a comma list")
     o.add_argument("--attack", default=None, help="nes, square, hsja, qeba, surfree, boundary, or a comma list")
-    o.add_argument("--mode", choices=["standard", "oars", "both"], default=None,
-                   help="the attacks as published, their OARS forms, or both (default: both)")
+    o.add_argument("--mode", default=None,
+                   help="standard (the attacks as published), oars (dpplat's OARS forms), oars-paper (Feng et al.'s "
+                        "OARS as published), a comma list, 'both' (standard,oars) or 'all' (default: both)")
     o.add_argument("--images", type=int, default=None, help="test images attacked")
     o.add_argument("--budget", type=int, default=None, help="queries per image, rejected ones included")
     o.add_argument("--eps-linf", type=float, default=None, help="L-infinity budget in [0, 1] pixels (default: "
@@ -282,7 +283,7 @@ def run_audit(args: argparse.Namespace) -> int:
 
 
 def _defense_audit_config(args: argparse.Namespace, store):
-    from dpplat.audits.defense_audit import DefenseAuditConfig
+    from dpplat.audits.defense_audit import MODE_GROUPS, DefenseAuditConfig
 
     config = DefenseAuditConfig()
     if args.run is not None:
@@ -294,7 +295,7 @@ def _defense_audit_config(args: argparse.Namespace, store):
     if args.attack is not None:
         config.attacks = split(args.attack)
     if args.mode is not None:
-        config.modes = ["standard", "oars"] if args.mode == "both" else [args.mode]
+        config.modes = MODE_GROUPS.get(args.mode) or split(args.mode)
     for name in ("dataset", "model", "images", "budget", "eps_linf", "eps_l2", "policy", "backend", "workers", "seed",
                  "data_dir"):
         if getattr(args, name) is not None:

@@ -31,6 +31,7 @@ from dpplat.training import TrainConfig, build_model
 # Perturbation budgets when the plan gives none: the paper's CIFAR-10 values, and the usual MNIST ones.
 DEFAULT_EPS = {"mnist": {"linf": 0.3, "l2": 0.1}, "fashion-mnist": {"linf": 0.2, "l2": 0.1}}
 PAPER_EPS = {"linf": 0.05, "l2": 0.05}
+MODE_GROUPS = {"both": ["standard", "oars"], "all": list(MODES)}  # names for several modes at once
 
 
 @dataclass
@@ -85,7 +86,7 @@ class DefenseAuditConfig:
                 raise ValueError(f"unknown attack {name!r}; choose from {', '.join(available_attacks())}.")
         for mode in self.modes:
             if mode not in MODES:
-                raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)} (or 'both').")
+                raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)} (or 'both', 'all').")
         if self.images < 1:
             raise ValueError(f"images must be at least 1, got {self.images}.")
         if self.skip_images < 0:

@@ -17,15 +17,14 @@ PLANS = Path(__file__).resolve().parents[2] / "audits"
 
 def test_cli_runs_stores_and_resumes(tmp_path, capsys, monkeypatch):
     store = tmp_path / "s.db"
-    argv = ["audit", "defenses", "--dataset", "mnist", "--defense", "blacklight,none", "--attack", "nes", "--mode", "both",
+    argv = ["audit", "defenses", "--dataset", "mnist", "--defense", "blacklight,none", "--attack", "nes", "--mode", "all",
             "--images", "2", "--budget", "3000", "--workers", "1", "--store", str(store)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "blacklight" in out and "false positives" in out
     audit = RunStore(store).audits(kind="oars")[0]
     summaries = {(s["defense"], s["mode"]): s for s in audit["results"]["summaries"]}
-    assert set(summaries) == {("blacklight", "standard"), ("blacklight", "oars"), ("none", "standard"),
-                              ("none", "oars")}
+    assert set(summaries) == {(d, m) for d in ("blacklight", "none") for m in ("standard", "oars", "oars-paper")}
     assert summaries[("blacklight", "standard")]["success_rate"] == 0.0
     assert summaries[("blacklight", "standard")]["mean_rejections"] >= 1
     assert summaries[("blacklight", "oars")]["success_rate"] > 0
@@ -35,13 +34,13 @@ def test_cli_runs_stores_and_resumes(tmp_path, capsys, monkeypatch):
     assert records.exists()
     # the same audit again reuses every finished job
     assert main(argv) == 0
-    assert "4 jobs (4 already done)" in capsys.readouterr().err
+    assert "6 jobs (6 already done)" in capsys.readouterr().err
 
     from tests.dashboard.test_app import open_page
 
     at = open_page(monkeypatch, store, "defense_audit")
     table = at.dataframe[0].value
-    assert set(table["defense"]) == {"blacklight", "none"} and set(table["mode"]) == {"standard", "oars"}
+    assert set(table["defense"]) == {"blacklight", "none"} and set(table["mode"]) == {"standard", "oars", "oars-paper"}
     assert any("false positives" in c.value for c in at.caption)
 
 
@@ -88,6 +87,7 @@ def test_a_work_folder_of_other_images_is_refused_and_kept(mnist_model, tmp_path
     (["--attack", "nse"], "unknown attack 'nse'"),
     (["--budget", "0"], "budget must be positive"),
     (["--images", "0"], "images must be at least 1"),
+    (["--mode", "oars-papr"], "unknown mode 'oars-papr'"),
 ])
 def test_bad_flags_get_clear_errors(tmp_path, capsys, flags, message):
     assert main(["audit", "oars", "--store", str(tmp_path / "s.db"), *flags]) == 2

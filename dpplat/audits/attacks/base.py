@@ -1,25 +1,25 @@
 """What every black-box attack shares: the oracle, the result, the registry and the OARS machinery.
 
-One codebase serves both forms of each attack. The attack code asks the
-:class:`Oracle` for answers; in the *standard* form the oracle ends the attack at the
-first rejected query (the paper's baseline), in the *OARS* form it hands the rejection
-back and the attack adapts:
+One codebase serves the three forms of each attack. The attack code asks the :class:`Oracle` for
+answers; in the *standard* form the oracle ends the attack at the first rejected query (the
+published attack), in the adaptive forms it hands the rejection back and the attack adapts in
+Feng et al.'s two stages:
 
-- Stage 1 (:func:`~dpplat.audits.attacks.knob_calibration.calibrate_knobs`), before attacking: every attack declares the
-  knobs that set how far its queries move (NES: sigma and minimum step; HSJA/QEBA:
-  the gradient-estimation radius; Square: square size and count; SurFree: minimum
-  angle; Boundary: minimum spherical step) and a probe, i.e. how it would perturb
-  the input with a given knob value. A binary search finds the smallest value whose
-  probes are rejected less often than ``target_rate``, and that value becomes
-  the knob's floor.
-- Stage 2, in the loop: :meth:`Attack.accepted` redraws rejected proposals (up to
-  ``max_resamples`` rounds) so estimates use accepted directions only; a rejected
-  step is rolled back and retried; a boundary search ends at the last known
-  adversarial point. The history fills as the attack goes on, so a floor that was
-  enough at the start stops being enough: when over half of the last
-  ``escalate_window`` queries were rejected, every knob's floor doubles (up to the
-  knob's high end), and when fewer than ``relax_below`` of them were, it halves (down to
-  stage 1's value). This is stage 1's measurement repeated on the attack's own queries.
+- Stage 1 (:func:`~dpplat.audits.attacks.knob_calibration.calibrate_knobs`), before attacking: every
+  attack declares the knobs that set how far its queries move (NES: sigma and minimum step;
+  HSJA/QEBA: the gradient-estimation radius; Square: square size and count; SurFree: minimum angle;
+  Boundary: minimum spherical step) and a probe, i.e. how it would perturb the input with a given
+  knob value. A binary search finds the smallest value whose probes are rejected less often than
+  ``target_rate``, and that value becomes the knob's floor.
+- Stage 2, in the loop: :meth:`Attack.accepted` redraws rejected proposals (up to ``max_resamples``
+  rounds) so estimates use accepted directions only, and a rejected step is rolled back and retried.
+
+The *oars-paper* form is these two stages alone. The *oars* form adds dpplat's rules (``extended``):
+floors that double when over half of the last ``escalate_window`` queries were rejected and halve
+back towards stage 1's values when fewer than ``relax_below`` were (the history fills as the attack
+goes on, so a floor that was enough at the start stops being enough), tiles and subspaces chosen per
+image, redrawn boundary-search midpoints, HSJA's longer retry, Square's joint search with dither and
+NES's steps under its floor; each attack's module says why.
 
 Images are tensors in [0, 1]; distances are L2 normalised by sqrt(d), or L-infinity.
 """
@@ -36,7 +36,8 @@ from dpplat.audits.attacks.knob_calibration import Knob, calibrate_knobs
 from dpplat.audits.defenses.base import StatefulDefense
 from dpplat.audits.registry import Registry
 
-MODES = ("standard", "oars")
+MODES = ("standard", "oars", "oars-paper")
+ADAPTIVE_MODES = ("oars", "oars-paper")  # the forms that take rejections back and adapt
 
 
 class AttackStopped(Exception):
@@ -126,6 +127,7 @@ class Attack:
     targeted = False
     needs_start = False  # decision-based attacks start from an adversarial image the harness supplies
     length_knob: str | None = None  # the knob whose floor is an L2 length (it bounds binary searches)
+    extended = True  # dpplat's additions to OARS in use; ``attack`` sets it from the mode (off for "oars-paper")
     knobs: tuple[Knob, ...] = ()
 
     def __init__(self, *, eps: float = 0.05, target_rate: float = 0.05, probes: int = 20, search_steps: int = 8,
@@ -211,7 +213,7 @@ class Attack:
         """
         low, high = 0.0, 1.0  # blend weight on the adversarial end
         self.search_cut_short = False
-        floor = self.length_floor()
+        floor = self.length_floor() if self.extended else None  # the paper's form never redraws
 
         def bracket(end: torch.Tensor) -> float:  # the tolerance on the segment x -> end
             length = float((end - x).norm())
@@ -314,13 +316,15 @@ class Attack:
         oracle = Oracle(defense, label=label, target=target if self.targeted else None, budget=budget, mode=mode)
         stopped, stage1, stage1_choices = "finished", {}, {}
         self.choices = {}
+        self.extended = mode == "oars"
         try:
-            if mode == "oars":
+            if mode in ADAPTIVE_MODES:
                 self.floors = self.calibrate(oracle, x)
                 stage1 = self._stage1 = dict(self.floors)  # read only: what the floors relax back to
                 stage1_choices = dict(self.choices)
                 self._window, self.escalations = [0, 0], 0
-                oracle.watch = self._watch
+                if self.extended:
+                    oracle.watch = self._watch
             self._run(oracle, x, start)
             if self.done():
                 stopped = "success"
@@ -329,7 +333,7 @@ class Attack:
         success = self.best is not None and self.done()
         knobs = {"stage1": stage1, "final": dict(self.floors), "escalations": getattr(self, "escalations", 0),
                  **({"choices": stage1_choices, "final_choices": dict(self.choices)} if self.choices else {})} \
-            if mode == "oars" else {}
+            if mode in ADAPTIVE_MODES else {}
         return AttackResult(success, oracle.queries, oracle.rejections, self.best_distance, stopped, self.best, knobs)
 
     def calibrate(self, oracle: Oracle, x: torch.Tensor) -> dict[str, float]:
@@ -376,5 +380,5 @@ def unit(v: torch.Tensor) -> torch.Tensor:
     return (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(v)
 
 
-__all__ = ["Attack", "AttackResult", "AttackStopped", "Knob", "MODES", "Oracle", "available_attacks",
+__all__ = ["ADAPTIVE_MODES", "Attack", "AttackResult", "AttackStopped", "Knob", "MODES", "Oracle", "available_attacks",
            "calibrate_knobs", "create_attack", "distance", "random_sign", "register_attack", "unit"]

@@ -10,16 +10,13 @@ step to how often the step towards the input does (grow above one half, shrink b
 OARS form: stage 1 sets a floor on the size of the spherical move (L2, ``min_spherical``);
 each candidate is queried once, after both moves (its sphere point alone would lie within the
 floor of it, a near-duplicate a stateful defense rejects), so the step towards the input can
-stay small and adapt as in the paper; rejected candidates are redrawn. With ``tile="auto"``
-(the default) stage 1 also picks the directions' tile (:mod:`~dpplat.audits.attacks.tiles`) from
-1, 2 and 4 pixels. Behind PIHA on CIFAR-10 the spherical floor with pixel noise was 1.7-3.3 on three
-of eight images, against an L2 budget of 2.8; 2x2 tiles about halved it and 4x4 tiles cut it to a
-third. With tiles of up to 2 the attack won 6 of the 8 images, with up to 4 it won 7
-(``benchmarks/results/oars-cifar10-cpu-boundary-tiles.md``). Unlike NES, which lost undefended images
-with 4x4 tiles, a boundary walk only needs random directions along the boundary, and low-frequency
-ones serve it well (QEBA's and SurFree's premise). Behind Blacklight and undefended the floor with
-pixel noise is at most 0.6, and stage 1 keeps pixel noise. In stage 2 the tile follows the floor as it
-escalates past half the budget and relaxes back (``TiledDirections._watch``).
+stay small and adapt as in the paper; rejected candidates are redrawn. dpplat's addition, with
+``tile="auto"`` (the default): stage 1 also picks the directions' tile
+(:mod:`~dpplat.audits.attacks.tiles`) from 1, 2 and 4 pixels, and in stage 2 the tile follows the
+floor (``TiledDirections._watch``). Behind PIHA the spherical floor with pixel noise can exceed
+the budget, and coarser tiles cut it; unlike NES, a boundary walk only needs random directions
+along the boundary, and low-frequency ones serve it well (QEBA's and SurFree's premise), so it
+goes up to 4x4 tiles (``benchmarks/results/oars-cifar10-cpu-boundary-tiles.md``).
 """
 
 from __future__ import annotations

@@ -7,25 +7,16 @@ normal from ``B`` random unit directions at radius ``delta`` (B grows as
 and binary-searches back to the boundary.
 
 OARS form: stage 1 sets a floor on the gradient-estimation radius ``delta``; rejected
-directions are redrawn and the estimate uses accepted ones only; a rejected geometric step
+directions are redrawn and the estimate uses accepted ones only; a step that ends farther
+from the input than it started is rolled back. dpplat's additions: a rejected geometric step
 is retried twice as long (:meth:`HopSkipJump.geometric_step`); a rejected binary-search
 midpoint is redrawn at the same distance from the input, turned by a quarter of the floor
-first and up to the whole floor (``Attack.boundary_search``, ``first_turn``), a search
-whose redraws all fail ends at the last known adversarial point, and a step that ends
-farther from the input than it started is rolled back.
-
-With ``tile="auto"`` (the default) stage 1 also picks the directions' tile
-(:mod:`~dpplat.audits.attacks.tiles`) from 1, 2 and 4 pixels, coarsening while the radius floor is above
-half the L2 budget, as NES and Boundary do. Behind PIHA on CIFAR-10 the floor with pixel directions was
-2.0-3.1 on three of the grid's eight images, against an L2 budget of 2.8 (QEBA's low-frequency directions
-had 0.8-0.95). Measured (``benchmarks/results/oars-cifar10-cpu-hsja-tiles.md``): on the grid's images
-tiles won image 3 in 4,675 queries instead of 16,133 and brought image 4 from 0.069 to 0.052 (both 6/8).
-Coarsening sooner, above a fifth of the budget, won the grid's image 7 as well (7/8), but on eight further
-images it took tiles on seven and lost one that pixel directions won (7/8 against 8/8), so the limit stays
-at half. Undefended the floor is the knob's lowest value, and behind Blacklight it is under half the
-budget: stage 1 keeps pixel directions there. In stage 2 the tile follows the floor as it escalates past
-that limit and relaxes back (``TiledDirections._watch``): behind Blacklight one image of 16 ended on 2x2
-tiles.
+first and up to the whole floor (``Attack.boundary_search``, ``first_turn``); and with
+``tile="auto"`` (the default) stage 1 picks the directions' tile from 1, 2 and 4 pixels,
+coarsening while the radius floor is above half the L2 budget (as PIHA's block sums make it),
+and in stage 2 the tile follows the floor (``TiledDirections._watch``). The limit of half the
+budget was chosen on CIFAR-10 images and checked on held-out ones
+(``benchmarks/results/oars-cifar10-cpu-hsja-tiles.md``).
 """
 
 from __future__ import annotations
@@ -113,5 +104,5 @@ class HopSkipJump(TiledDirections, Attack):
             adv, rejected = oracle.adversarial(candidate.unsqueeze(0))
             if bool(adv[0]):
                 return candidate
-            step = step * 2 if bool(rejected[0]) else step / 2
+            step = step * 2 if bool(rejected[0]) and self.extended else step / 2
         return None

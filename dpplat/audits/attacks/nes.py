@@ -4,28 +4,20 @@ Each iteration draws ``samples / 2`` Gaussian directions (constant on ``tile`` x
 when ``tile`` > 1) and queries both ends of each (antithetic pairs at radius ``sigma``),
 estimates the gradient, smooths it with momentum, and takes a signed step of size ``lr``
 projected onto the eps-ball. The step size drops by ``plateau_drop`` when the loss has not
-improved for ``plateau_length`` steps, never below ``min_lr``.
-
-A probe that is already adversarial wins if it lies in the eps-ball; one outside it is
-reflected into the ball and asked again.
+improved for ``plateau_length`` steps, never below ``min_lr``. A probe that is already
+adversarial wins if it lies in the eps-ball; one outside it is reflected into the ball and
+asked again.
 
 OARS form: stage 1 sets floors on ``sigma`` and on the step (``min_lr``: the shortest sign
-step its probes saw pass); with ``tile="auto"`` it first coarsens the directions' tile (through
-``auto_tiles``) while sigma's floor stays above ``coarsen_above`` times eps, and in stage 2 it coarsens for
-good once the escalated floor passes that limit (``TiledDirections._watch``). A rejected pair is redrawn,
-and a rejected step is rolled back and retried from a fresh gradient estimate. The plateau
-decay still takes the step below its floor, where the defense may reject the new iterate
-as a repeat of the last. Such a step is taken whatever the answer. It is still asked about:
-an accepted answer is the step's loss, and may be the success, while a rejected one leaves
-its loss to the next estimate's probes (which the sigma floor lets through). With the step
-held at the floor instead, the sign steps oscillated around the optimum: on CIFAR-10 behind
-Blacklight the target's log-probability hovered near -1 for 90,000 queries. Taking such steps
-without asking at all leaves success to the probes alone. Those lie up to
-a few sigma outside the eps-ball, where the target class begins sooner than inside it. On a
-CIFAR-10 image behind PIHA (sigma floor 0.021 with 2x2 tiles, against an L-infinity budget of
-0.05), 953 iterations had adversarial probes, all outside the ball; none of the 3,617 asked
-again after reflection into the ball was adversarial, and the iterate itself was never asked
-about: lost at 100,000 queries. Asking wins that image in 8,448 queries.
+step its probes saw pass); a rejected pair is redrawn, and a rejected step is rolled back and
+retried from a fresh gradient estimate. dpplat's additions: with ``tile="auto"`` stage 1 first
+coarsens the directions' tile (through ``auto_tiles``) while sigma's floor stays above
+``coarsen_above`` times eps, and in stage 2 it coarsens for good once the escalated floor passes
+that limit (``TiledDirections._watch``). The plateau decay also takes the step below its floor:
+held at the floor, the sign steps oscillate around the optimum. Such a step is taken whatever
+the defense answers, and still asked about: an accepted answer is the step's loss, and may be
+the success, which the probes alone, lying up to a few sigma outside the ball, rarely find
+(``benchmarks/results/oars-cifar10-cpu-16img.md`` has the images this decided).
 """
 
 from __future__ import annotations
@@ -80,7 +72,8 @@ class NES(TiledDirections, Attack):
         last_drop, unheard, below_floor = 0, False, False
         for _ in range(self.max_iterations):
             sigma = self.floor("sigma", self.sigma)
-            resolution = self.floors.get("min_lr")  # OARS: the shortest step stage 1 saw pass
+            # OARS: the shortest step stage 1 saw pass; the paper's form never steps below it
+            resolution = self.floors.get("min_lr") if self.extended else None
             if not below_floor:  # raised to the floor until the plateau decay takes it under
                 lr = self.floor("min_lr", lr)
 

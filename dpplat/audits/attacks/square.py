@@ -135,7 +135,9 @@ class Square(Attack):
         run had lost. When nothing gets through even with the dither, side and count take their caps.
         ``dither=False`` leaves the dither out (the squares alone, as in Feng et al.'s OARS).
         """
-        dither = self.knobs[0]
+        dither, side_knob, _ = self.knobs
+        if not self.extended:  # the paper's form: the side of one square, no dither
+            return {**calibrate_knobs(self, oracle, x, (side_knob,)), "squares": 1, "dither": 0.0}
         floors = {"dither": 0.0}
         best = self._smallest_area(oracle, x, floors)
         if best is None and self.dither:

@@ -11,18 +11,14 @@ success and shrinks after a miss.
 
 OARS form: stage 1 sets a floor on the smallest angle tried (``min_angle``); a
 rejected candidate means a new direction is drawn; a binary search that hits a
-rejection ends at the last adversarial angle.
-
-With ``ratio="auto"`` (the default) stage 1 also chooses the subspace, as HSJA and Boundary choose a
-tile (:func:`~dpplat.audits.attacks.tiles.finest_that_fits`): the lowest half of the frequencies in each
-axis (ratio 2), else the lowest quarter (ratio 4) where the angle floor's move, the reference radius
-times its sine, is over ``coarsen_above`` (0.35) of the L2 budget. Ratio 4 alone lost an undefended
-CIFAR-10 image (3, at 0.0555) that ratio 2 wins; behind PIHA it won image 4 in 872 queries, which ratio 2
-lost at 0.054 (angle floor 0.073, a move of 1.11 against a budget of 2.77). The threshold sits between
-that image's 0.40 of the budget and the 0.22 of the next-highest PIHA image that ratio 2 wins (0),
-chosen on these images (``benchmarks/results/oars-cifar10-cpu-surfree-ratio.md``). On eight further
-images no move was over it, behind either defense (ratio 2 throughout, 8/8 behind each), so that sample
-neither confirms nor refutes the threshold.
+rejection ends at the last adversarial angle. dpplat's addition, with ``ratio="auto"``
+(the default): stage 1 also chooses the subspace, as HSJA and Boundary choose a tile
+(:func:`~dpplat.audits.attacks.tiles.finest_that_fits`): the lowest half of the frequencies in
+each axis (ratio 2), else the lowest quarter (ratio 4) where the angle floor's move, the
+reference radius times its sine, is over ``coarsen_above`` (0.35) of the L2 budget. The narrower
+subspace gets past PIHA where the wider one does not, and loses images the wider one wins
+undefended; the threshold was chosen on CIFAR-10 images
+(``benchmarks/results/oars-cifar10-cpu-surfree-ratio.md``).
 """
 
 from __future__ import annotations
@@ -68,7 +64,7 @@ class SurFree(Attack):
     def calibrate(self, oracle, x: torch.Tensor) -> dict[str, float]:
         """Stage 1, and with ``ratio="auto"`` the subspace (see the module): an angle floor counts as fitting when
         its probe's move, the reference radius times its sine, is within ``coarsen_above`` of the L2 budget."""
-        if self.ratio_setting != "auto":
+        if self.ratio_setting != "auto" or not self.extended:  # the paper's form keeps the widest subspace
             return calibrate_knobs(self, oracle, x)
         move = self.coarsen_above * self.eps * math.sqrt(x.numel())
         limit = math.asin(min(1.0, move / self.reference_radius))

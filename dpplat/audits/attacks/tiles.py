@@ -112,7 +112,7 @@ class TiledDirections:
         with pixel noise, 3 with 2x2 tiles and 2 with 4x4 tiles, hence NES's ``auto_tiles=(1, 2)``;
         Boundary's walk does not suffer from 4x4 tiles and goes up to them (see its module).
         """
-        if self.tile_setting != "auto":
+        if self.tile_setting != "auto" or not self.extended:  # the paper's form keeps the finest tile
             return calibrate_knobs(self, oracle, x)
         limit = self.tile_limit(x)
         floors = finest_that_fits(self, oracle, x, "tile", self.auto_tiles, self.tile_knob, limit)

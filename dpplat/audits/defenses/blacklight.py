@@ -6,22 +6,14 @@ the ``top_k`` largest distinct hashes are the query's fingerprint. A query is a 
 when ``match_threshold`` or more of its hashes are in one stored query's fingerprint,
 found through an inverted index hash -> query ids.
 
-Speed: ``hash="fast"`` (the default) computes every window of a whole batch at once.
-A window of quantised levels is first encoded exactly as an integer in base
-``levels`` (exact whenever levels**window < 2**64, which holds for the paper's settings),
-then scrambled by a keyed 64-bit bijection so that "the top k hashes" is a
-pseudo-random choice of windows, as SHA-256 ordering is. Because the encoding is
-exact and the scramble is a bijection, two windows share a hash only if they are
-identical: no collisions, unlike a truncated digest. ``hash="sha256"`` is the paper's
-construction window by window in Python (about 600 queries/s on CIFAR-10 sizes here).
-
-One adaptation, ``ignore_blank=True``: windows that quantise exactly as an all-black
-image's windows do are left out of the fingerprint. MNIST's background is 0 in every
-image, so those windows are shared by all images; with them, 803 of 1,000 distinct
-MNIST test images were flagged (window 10), without them none. Blankness is judged
-after quantisation, so a query that nudges the background by a few levels is still
-recognised. Natural images (the paper's CIFAR-10 and ImageNet) have almost no such
-windows, so there the setting changes next to nothing.
+``hash="fast"`` (the default) hashes every window of a batch at once: a window of quantised
+levels is encoded exactly as an integer in base ``levels``, then scrambled by a keyed 64-bit
+bijection, so "the top k hashes" is a pseudo-random choice of windows, as SHA-256 ordering is,
+and two windows share a hash only if they are identical. ``hash="sha256"`` is the paper's
+construction, window by window in Python. With ``ignore_blank=True`` windows that quantise as an
+all-black image's do are left out of the fingerprint: MNIST's background is 0 in every image, so
+those windows are shared by all images and flag most distinct test images; natural images have
+almost none. The false-positive rates are in ``benchmarks/README.md`` (defense throughput).
 """
 
 from __future__ import annotations

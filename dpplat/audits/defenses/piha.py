@@ -1,27 +1,21 @@
 """PIHA (Choi et al. 2023): a perceptual hash of each query; hits are near-duplicate hashes.
 
 The hash follows the reference harness of Feng et al.: Gaussian blur (3x3, sigma 1),
-the hue channel of HSV (for one-channel images, which have no hue, the intensity),
-zero-padding to a multiple of ``block`` and block sums, then a local binary pattern
-over the block-sum matrix (8 neighbours at radius 1, zero outside). A query is a hit
-when the normalised Hamming distance between its LBP codes and the nearest stored
-query's is at most ``threshold`` (0.05). The hash is batched tensor arithmetic; the
-nearest-hash search is a pigeonhole index (see ``_parts``), so a lookup costs the same
-with 50,000 stored queries as with none, where a scan of the history grew with it (262
-queries/s at 10,000 stored MNIST queries, against 38,800 with the index).
+the hue channel of HSV, zero-padding to a multiple of ``block`` and block sums, then a
+local binary pattern over the block-sum matrix (8 neighbours at radius 1, zero outside).
+A query is a hit when the normalised Hamming distance between its LBP codes and the nearest
+stored query's is at most ``threshold`` (0.05). The nearest-hash search is a pigeonhole index
+(see ``_parts``), so a lookup costs the same with 50,000 stored queries as with none.
 
-Three adaptations, each measured on 1,000 distinct test images fed into one history:
-- The LBP bit tolerates a difference of one level per pixel of the block
-  (``tolerance``): with strict comparison, equal block sums (flat background) flip
-  their bits at any change, and a copy of an MNIST digit with 1% of its pixels moved
-  by 1/255 was caught only 20% of the time; with it, always (CIFAR-10: 94%; hue is
-  unstable in nearly grey pixels).
-- Hue is undefined for a grey pixel and OpenCV writes 0, so every grey image gets the
-  same hash; 11 of 1,000 CIFAR-10 test images (the grey ones) were flagged for that
-  alone. An image with no chroma at all is hashed on its intensity instead.
-- One-channel images (MNIST) have no hue either and use the intensity. Their large
-  constant background makes 7x7 blocks too coarse (170/1,000 flagged at 0.05), so
-  the one-channel defaults are ``block=4`` and ``threshold=0.02`` (3/1,000 flagged).
+Three adaptations, each checked on 1,000 distinct test images fed into one history:
+- The LBP bit tolerates a difference of one level per pixel of the block (``tolerance``):
+  with strict comparison, equal block sums (flat background) flip their bits at any change,
+  and slightly moved copies of a digit go unnoticed.
+- Hue is undefined for a grey pixel and OpenCV writes 0, so every grey image would get the
+  same hash: an image with no chroma is hashed on its intensity instead, as are
+  one-channel images (MNIST).
+- MNIST's large constant background makes 7x7 blocks too coarse, so the one-channel
+  defaults are ``block=4`` and ``threshold=0.02``.
 """
 
 from __future__ import annotations
