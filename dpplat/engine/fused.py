@@ -45,27 +45,35 @@ UNCLIPPED = 1e30  # a bound no gradient reaches, finite so that float32 clip fac
 
 
 class _ClipTap(torch.autograd.Function):
-    """Identity on the module output whose backward produces the parameters' clipped gradients."""
+    """Identity on the module's outputs whose backward produces the parameters' clipped gradients.
+
+    ``tensors`` holds ``pairs`` outputs, then their ``pairs`` inputs, then the parameters. Autograd calls
+    the backward once with every output's gradient, so a rule with several projections (attention's
+    query, key and value) sees them all together."""
 
     @staticmethod
-    def forward(ctx, layer: Layer, owner: "DPModule", forward_id: int, out: torch.Tensor, x: torch.Tensor, *params):
-        ctx.layer, ctx.owner, ctx.forward_id = layer, owner, forward_id
-        ctx.save_for_backward(x)
-        return out.view_as(out)
+    def forward(ctx, layer: Layer, owner: "DPModule", forward_id: int, pairs: int, *tensors):
+        ctx.layer, ctx.owner, ctx.forward_id, ctx.pairs = layer, owner, forward_id, pairs
+        ctx.save_for_backward(*tensors[pairs: 2 * pairs])
+        outs = tuple(out.view_as(out) for out in tensors[:pairs])
+        return outs[0] if pairs == 1 else outs
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        grads = ctx.owner._layer_backward(ctx.layer, ctx.forward_id, x, grad_out)
-        return (None, None, None, grad_out, None, *grads)
+    def backward(ctx, *grad_outs: torch.Tensor):
+        xs = ctx.saved_tensors
+        if ctx.pairs == 1:
+            grads = ctx.owner._layer_backward(ctx.layer, ctx.forward_id, xs[0], grad_outs[0])
+        else:
+            grads = ctx.owner._layer_backward(ctx.layer, ctx.forward_id, tuple(xs), tuple(grad_outs))
+        return (None, None, None, None, *grad_outs, *(None,) * ctx.pairs, *grads)
 
 
-def _tapped_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _tap(module: nn.Module, outs: tuple[torch.Tensor, ...], xs: tuple[torch.Tensor, ...]):
+    """Put the clipping tap on a module's outputs (one per input); returns them as one tensor or a tuple."""
     layer: Layer = module._dpplat_layer
     owner: DPModule = module._dpplat_owner
-    out = layer.rule.forward(module, x)
     if not torch.is_grad_enabled():
-        return out
+        return outs[0] if len(outs) == 1 else outs
     forward_id = owner._forward_id
     if layer.last_forward == forward_id:
         raise RuntimeError(
@@ -73,7 +81,15 @@ def _tapped_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
             "each trainable module applied once per sample; use separate modules instead of reusing one."
         )
     layer.last_forward = forward_id
-    return _ClipTap.apply(layer, owner, forward_id, out, x, *(p for _, p in layer.params))
+    return _ClipTap.apply(layer, owner, forward_id, len(outs), *outs, *xs, *(p for _, p in layer.params))
+
+
+def _tapped_forward(module: nn.Module, *args, **kwargs):
+    rule = module._dpplat_layer.rule
+    if rule.several_inputs:
+        return rule.tapped_forward(module, lambda outs, xs: _tap(module, tuple(outs), tuple(xs)), *args, **kwargs)
+    (x,) = args
+    return _tap(module, (rule.forward(module, x),), (x,))
 
 
 class DPModule(nn.Module):
@@ -162,18 +178,20 @@ class DPModule(nn.Module):
 
     def _layer_backward(self, layer: Layer, forward_id: int, x: torch.Tensor, grad_out: torch.Tensor):
         views = self.augmentation_multiplicity
-        rows = x.shape[0]
+        # Under autocast (bf16/fp16) the layer's input and output gradient arrive in low precision; norms,
+        # clip factors and the clipped sum are computed from them in float32, and the sum is returned in the
+        # parameters' own dtype, so the noise is drawn and added in float32 too. A rule with several inputs
+        # gets tuples, each pair cast alike.
+        several = isinstance(x, tuple)
+        xs = tuple(t.float() if t.is_floating_point() and t.dtype in LOW_PRECISION else t
+                   for t in (x if several else (x,)))
+        gs = tuple(g.float() if g.dtype in LOW_PRECISION else g for g in (grad_out if several else (grad_out,)))
+        x, grad_out = (xs, gs) if several else (xs[0], gs[0])
+        rows = xs[0].shape[0]
         if rows % views:
             raise RuntimeError(f"batch of {rows} rows is not a multiple of augmentation_multiplicity={views}.")
         if rows == 0:  # an empty Poisson batch: the clipped sum is zero, the noise still comes
             return [torch.zeros_like(p) for _, p in layer.params] if self.clipping == "per_layer" else [None] * len(layer.params)
-        # Under autocast (bf16/fp16) the layer's input and output gradient arrive in low precision; norms,
-        # clip factors and the clipped sum are computed from them in float32, and the sum is returned in the
-        # parameters' own dtype, so the noise is drawn and added in float32 too.
-        if x.is_floating_point() and x.dtype in LOW_PRECISION:
-            x = x.float()
-        if grad_out.dtype in LOW_PRECISION:
-            grad_out = grad_out.float()
         # Per-sample gradients are ``scale`` times what the raw output gradient gives. Rules work on the raw
         # gradient (no scaled copy of it); the scale goes into the bound and the result instead:
         # min(1, C / (s n)) s g = s min(1, (C / s) / n) g.

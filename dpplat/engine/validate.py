@@ -14,10 +14,12 @@ def check_module(module: nn.Module) -> list[tuple[str, nn.Module, LayerRule]]:
     """The clipping groups of ``module`` (name, submodule, rule), in module order.
 
     Raises ``ValueError`` naming the module and the fix for BatchNorm, a trainable
-    module with no rule, or a trainable parameter that its module's rule does not
-    cover: no parameter may train without DP.
+    module with no rule, a trainable parameter that its module's rule does not
+    cover, or one that two modules share (tied weights): no parameter may train
+    without DP, nor under two clipping groups.
     """
     groups = []
+    owners: dict[int, str] = {}  # id of each trainable parameter -> the name it was first seen under
     for name, sub in module.named_modules():
         label = name or "<root>"
         if isinstance(sub, _BATCH_NORMS):
@@ -28,6 +30,11 @@ def check_module(module: nn.Module) -> list[tuple[str, nn.Module, LayerRule]]:
         own = [(n, p) for n, p in sub.named_parameters(recurse=False) if p.requires_grad]
         if not own:
             continue
+        for n, p in own:
+            full = f"{name}.{n}" if name else n
+            if id(p) in owners:
+                raise ValueError(_tied_message(owners[id(p)], full))
+            owners[id(p)] = full
         rule = get_rule(sub)
         if rule is None:
             raise ValueError(
@@ -35,20 +42,30 @@ def check_module(module: nn.Module) -> list[tuple[str, nn.Module, LayerRule]]:
                 "Freeze it (requires_grad_(False)), replace it with a supported layer, or register a rule with "
                 "@dpplat.engine.register_rule. Supported: " + ", ".join(sorted(t.__name__ for t in _supported()))
             )
+        try:
+            rule.validate(sub)
+        except ValueError as err:
+            raise ValueError(f"module '{label}': {err}") from None
         uncovered = [n for n, _ in own if n not in rule.param_names]
         if uncovered:
             raise ValueError(
                 f"module '{label}' ({type(sub).__name__}) has trainable parameter(s) {uncovered} that its rule "
                 f"does not cover (it covers {list(rule.param_names)}): freeze them or register a rule for this type."
             )
-        try:
-            rule.validate(sub)
-        except ValueError as err:
-            raise ValueError(f"module '{label}': {err}") from None
         groups.append((label, sub, rule))
     if not groups:
         raise ValueError("the model has no trainable parameters: nothing to train privately.")
     return groups
+
+
+def _tied_message(first: str, second: str) -> str:
+    """Why a parameter used by two modules (tied weights) is refused, and the two ways out."""
+    module = second.rsplit(".", 1)
+    where = f"model.{module[0]}.{module[1]}" if len(module) == 2 else f"model.{second}"
+    return (f"parameter '{second}' is the same tensor as '{first}' (tied weights). Each module is its own clipping "
+            "group, so a tied parameter would get two clipped contributions per sample, adding up to more than "
+            f"the bound the accountant assumes. Untie it ({where} = nn.Parameter({where}.detach().clone())) "
+            "or freeze it (requires_grad_(False)).")
 
 
 def _supported():

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from dpplat import PrivacyEngine
-from dpplat.engine import PrivacyBudgetExceeded
+from dpplat.engine import DPModule, PrivacyBudgetExceeded
 from tests.engine.reference import expected_clipped_sum, row_losses
 
 
@@ -228,6 +228,34 @@ def test_shared_weights_are_refused():
     )
     with pytest.raises(RuntimeError, match="ran twice"):
         dp_model(torch.randn(3, 6))
+
+
+class TiedLanguageModel(nn.Module):
+    """An input embedding and an output layer sharing one weight, as GPT-2's do."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(11, 6)
+        self.mix = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 11, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens):
+        return self.head(torch.tanh(self.mix(self.embed(tokens)))).mean(1)
+
+
+def test_tied_weights_are_refused_with_the_fix_and_train_once_untied():
+    """Each module is its own clipping group, so a tied weight would take two clipped contributions per sample (up
+    to C_embed + C_head in the same coordinates) where the accountant assumes sqrt(C_embed^2 + C_head^2)."""
+    model = TiedLanguageModel()
+    with pytest.raises(ValueError, match=r"parameter 'head.weight' is the same tensor as 'embed.weight' \(tied "
+                                         r"weights\).*model.head.weight = nn.Parameter\(model.head.weight"):
+        DPModule(model, max_grad_norm=1.0)
+    model.head.weight = nn.Parameter(model.head.weight.detach().clone())  # the fix the message gives
+    assert DPModule(model, max_grad_norm=1.0).clipping_groups == ["embed", "mix", "head"]
+    tied = TiedLanguageModel()
+    tied.embed.weight.requires_grad_(False)  # the other fix: the shared weight frozen
+    assert DPModule(tied, max_grad_norm=1.0).clipping_groups == ["mix"]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,6 @@ file with a class decorated by :func:`register_rule`.
 from dpplat.engine.rules.registry import LayerRule, RuleContext, get_rule, register_rule, registered_types
 
 # Importing the built-in rule modules registers them.
-from dpplat.engine.rules import conv, conv1d_hf, embedding, group_norm, layer_norm, linear, rms_norm  # noqa: F401,E402
+from dpplat.engine.rules import attention, conv, conv1d_hf, embedding, group_norm, layer_norm, linear, rms_norm  # noqa: F401,E402
 
 __all__ = ["LayerRule", "RuleContext", "get_rule", "register_rule", "registered_types"]

@@ -16,7 +16,8 @@ class RuleContext:
     """What one backward of one layer hands its rule.
 
     ``x`` is the layer's input and ``grad_output`` the gradient of the loss with
-    respect to the layer's output, as autograd delivers it; the engine accounts for
+    respect to the layer's output, as autograd delivers it (tuples of them, one pair per
+    projection, for a rule with ``several_inputs``); the engine accounts for
     the loss reduction's scale outside the rule. ``views`` consecutive rows belong to
     one sample (augmentation multiplicity): a rule folds them into one sample so the
     clipped quantity is the gradient of the sample's averaged loss. ``cache`` lets a
@@ -24,14 +25,15 @@ class RuleContext:
     """
 
     module: nn.Module
-    x: torch.Tensor
-    grad_output: torch.Tensor
+    x: torch.Tensor | tuple[torch.Tensor, ...]
+    grad_output: torch.Tensor | tuple[torch.Tensor, ...]
     views: int = 1
     cache: dict = field(default_factory=dict)
 
     @property
     def num_samples(self) -> int:
-        return self.x.shape[0] // self.views
+        x = self.x[0] if isinstance(self.x, tuple) else self.x
+        return x.shape[0] // self.views
 
 
 class LayerRule:
@@ -42,9 +44,17 @@ class LayerRule:
     """
 
     param_names: ClassVar[tuple[str, ...]] = ("weight", "bias")
+    several_inputs: ClassVar[bool] = False  # True: the rule's tapped_forward takes the module's own arguments
 
     def forward(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Module output computed with detached parameters."""
+        raise NotImplementedError
+
+    def tapped_forward(self, module: nn.Module, tap: Callable, *args, **kwargs):
+        """For a rule with ``several_inputs``: the module's forward, with its own signature, computed with
+        detached parameters. ``tap(outputs, inputs)`` takes a tuple of projections' outputs and the tuple of
+        their batch-first inputs, and returns the outputs to go on with; the rule then sees those inputs and
+        the outputs' gradients as tuples in :class:`RuleContext`."""
         raise NotImplementedError
 
     def norm_sq(self, ctx: RuleContext) -> torch.Tensor:
