@@ -75,6 +75,16 @@ def _tap(module: nn.Module, outs: tuple[torch.Tensor, ...], xs: tuple[torch.Tens
     if not torch.is_grad_enabled():
         return outs[0] if len(outs) == 1 else outs
     forward_id = owner._forward_id
+    rows = xs[0].shape[0]
+    if owner._batch_rows is None:
+        owner._batch_rows = (rows, layer.name)
+    elif rows != owner._batch_rows[0]:
+        raise RuntimeError(
+            f"module '{layer.name}' got an input of {rows} rows where module '{owner._batch_rows[1]}' got "
+            f"{owner._batch_rows[0]} in the same forward pass. Per-sample clipping needs every layer's input to "
+            "hold the batch in its first dimension; an input shared by the batch (such as position ids of shape "
+            "(1, T)) would mix the samples' gradients. Expand it to the batch, e.g. positions.expand(batch_size, -1)."
+        )
     if layer.last_forward == forward_id:
         raise RuntimeError(
             f"module '{layer.name}' ran twice in one forward pass (shared weights). Per-sample clipping needs "
@@ -124,6 +134,8 @@ class DPModule(nn.Module):
         self.loss_reduction = loss_reduction
         self.augmentation_multiplicity = 1
         self._forward_id = 0
+        # (rows, module) of the first tapped input in the current forward: every tapped input has that many rows
+        self._batch_rows: tuple[int, str] | None = None
         groups = check_module(module)
         self._layers = [
             Layer(name, sub, rule, [(n, p) for n, p in sub.named_parameters(recurse=False) if p.requires_grad])
@@ -174,6 +186,7 @@ class DPModule(nn.Module):
 
     def forward(self, *args, **kwargs):
         self._forward_id += 1
+        self._batch_rows = None
         return self._module(*args, **kwargs)
 
     def _layer_backward(self, layer: Layer, forward_id: int, x: torch.Tensor, grad_out: torch.Tensor):

@@ -129,3 +129,29 @@ def test_unsupported_settings_are_refused_in_one_line():
     x = torch.randn(5, 8)
     with pytest.raises(ValueError, match="needs batched input"):
         dp(x, x, x)
+
+
+class PositionEmbedding(nn.Module):
+    """Token and position embeddings; ``shared`` positions are one (1, T) row for the whole batch, as Hugging Face
+    models make them by default."""
+
+    def __init__(self, shared):
+        super().__init__()
+        self.tokens, self.positions, self.head = nn.Embedding(11, 8), nn.Embedding(6, 8), nn.Linear(8, 2)
+        self.shared = shared
+
+    def forward(self, ids):
+        positions = torch.arange(ids.shape[1])[None, :]
+        if not self.shared:
+            positions = positions.expand(ids.shape[0], -1)
+        return self.head(self.tokens(ids) + self.positions(positions))
+
+
+def test_an_input_shared_by_the_batch_is_refused_and_exact_once_expanded():
+    """Position ids of shape (1, T) reach the position embedding as one row for the whole batch: its output gradient
+    arrives summed over the samples, and no per-sample norm can be taken. The engine refuses it, naming the fix."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 11, (4, 6))
+    with pytest.raises(RuntimeError, match=r"module .positions. got an input of 1 rows where module .tokens. got 4.*expand"):
+        check_rule(PositionEmbedding(shared=True), ids)
+    check_rule(PositionEmbedding(shared=False), ids, C=0.3)

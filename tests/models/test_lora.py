@@ -46,3 +46,30 @@ def test_an_adapted_model_starts_as_the_pretrained_one_and_refuses_bad_input():
     assert torch.allclose(add_lora(base)(x), expected)
     with pytest.raises(ValueError, match="rank must be at least 1"):
         LoRALinear(nn.Linear(2, 2), rank=0)
+
+
+class TransposedLinear(nn.Module):
+    """A linear layer with its weight stored (in, out), as Hugging Face GPT-2's Conv1D."""
+
+    def __init__(self, nx, nf):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(nx, nf) / nx**0.5)
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+def test_adapters_wrap_a_transposed_linear_layer_too():
+    from dpplat.engine.rules.conv1d_hf import register_conv1d
+
+    register_conv1d(TransposedLinear)
+    torch.manual_seed(0)
+    model = add_lora(nn.Sequential(TransposedLinear(12, 16), nn.Tanh(), nn.Linear(16, 4)), rank=3)
+    assert isinstance(model[0], LoRALinear) and model[0].lora_b.weight.shape == (16, 3)
+    with torch.no_grad():
+        model[0].lora_b.weight.normal_()
+    got, _ = check_rule(model, torch.randn(6, 5, 12), C=0.2)
+    assert sorted(got) == ["0.lora_a.weight", "0.lora_b.weight", "2.lora_a.weight", "2.lora_b.weight"]
+    with pytest.raises(ValueError, match="adapts an nn.Linear or a transposed linear layer"):
+        LoRALinear(nn.Conv2d(2, 2, 3))
