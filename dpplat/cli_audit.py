@@ -283,7 +283,7 @@ def run_audit(args: argparse.Namespace) -> int:
 
 
 def _defense_audit_config(args: argparse.Namespace, store):
-    from dpplat.audits.defense_audit import MODE_GROUPS, DefenseAuditConfig
+    from dpplat.audits.defense_audit import DefenseAuditConfig, expand_modes
 
     config = DefenseAuditConfig()
     if args.run is not None:
@@ -295,7 +295,7 @@ def _defense_audit_config(args: argparse.Namespace, store):
     if args.attack is not None:
         config.attacks = split(args.attack)
     if args.mode is not None:
-        config.modes = MODE_GROUPS.get(args.mode) or split(args.mode)
+        config.modes = expand_modes(split(args.mode))
     for name in ("dataset", "model", "images", "budget", "eps_linf", "eps_l2", "policy", "backend", "workers", "seed",
                  "data_dir"):
         if getattr(args, name) is not None:

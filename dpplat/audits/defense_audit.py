@@ -34,6 +34,11 @@ PAPER_EPS = {"linf": 0.05, "l2": 0.05}
 MODE_GROUPS = {"both": ["standard", "oars"], "all": list(MODES)}  # names for several modes at once
 
 
+def expand_modes(modes: list[str]) -> list[str]:
+    """``modes`` with 'both' and 'all' replaced by the modes they name."""
+    return [m for mode in modes for m in MODE_GROUPS.get(mode, [mode])]
+
+
 @dataclass
 class DefenseAuditConfig:
     """One defense audit. ``run_id`` attacks a stored run's model; otherwise ``model`` is trained
@@ -63,6 +68,8 @@ class DefenseAuditConfig:
 
     def __post_init__(self) -> None:
         self.dataset = datasets.canonical_dataset(self.dataset)
+        if isinstance(self.modes, list):  # 'both' and 'all' in a plan or the API, as on the CLI
+            self.modes = expand_modes(self.modes)
         self.validate()
 
     def validate(self) -> None:

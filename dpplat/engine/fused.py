@@ -61,10 +61,8 @@ class _ClipTap(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grad_outs: torch.Tensor):
         xs = ctx.saved_tensors
-        if ctx.pairs == 1:
-            grads = ctx.owner._layer_backward(ctx.layer, ctx.forward_id, xs[0], grad_outs[0])
-        else:
-            grads = ctx.owner._layer_backward(ctx.layer, ctx.forward_id, tuple(xs), tuple(grad_outs))
+        x, grad_out = (xs[0], grad_outs[0]) if ctx.pairs == 1 else (tuple(xs), tuple(grad_outs))
+        grads = ctx.owner._layer_backward(ctx.layer, ctx.forward_id, x, grad_out)
         return (None, None, None, None, *grad_outs, *(None,) * ctx.pairs, *grads)
 
 

@@ -60,8 +60,7 @@ def check_module(module: nn.Module) -> list[tuple[str, nn.Module, LayerRule]]:
 
 def _tied_message(first: str, second: str) -> str:
     """Why a parameter used by two modules (tied weights) is refused, and the two ways out."""
-    module = second.rsplit(".", 1)
-    where = f"model.{module[0]}.{module[1]}" if len(module) == 2 else f"model.{second}"
+    where = f"model.{second}"
     return (f"parameter '{second}' is the same tensor as '{first}' (tied weights). Each module is its own clipping "
             "group, so a tied parameter would get two clipped contributions per sample, adding up to more than "
             f"the bound the accountant assumes. Untie it ({where} = nn.Parameter({where}.detach().clone())) "

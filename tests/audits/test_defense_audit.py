@@ -128,3 +128,11 @@ def test_the_examples_target_is_the_audits_target(tmp_path, thread_count):
     audit = torch.load(prepare_target(config, tmp_path), weights_only=False)["state"]
     assert example.keys() == audit.keys()
     assert all(torch.equal(example[k], audit[k]) for k in audit)
+
+
+def test_mode_groups_expand_in_a_plan_or_the_api_as_on_the_cli():
+    from dpplat.audits.attacks import MODES
+    from dpplat.audits.defense_audit import DefenseAuditConfig
+
+    assert DefenseAuditConfig(modes=["all"]).modes == list(MODES)
+    assert DefenseAuditConfig(modes=["both", "oars-paper"]).modes == ["standard", "oars", "oars-paper"]

@@ -10,9 +10,9 @@ import torch
 from dpplat.audits.attacks import create_attack
 from dpplat.audits.attacks.base import Oracle
 from dpplat.audits.defenses import create_defense
-from tests.audits.synthetic import BlocksChangedDefense, RadiusDefense, RecordingRadiusDefense, setting
+from tests.audits.synthetic import (BlockRadiusDefense, BlocksChangedDefense, RadiusDefense, RecordingRadiusDefense,
+                                   setting)
 from tests.audits.test_attacks import ATTACKS
-from tests.audits.test_tiles import BlockRadiusDefense
 
 
 def test_paper_form_keeps_stage_one_floors_and_finest_directions_behind_blacklight(mnist_model, mnist_test):

@@ -6,7 +6,7 @@ import torch
 
 from dpplat.audits.attacks import create_attack
 from dpplat.audits.defenses import create_defense
-from tests.audits.synthetic import RadiusDefense, RecordingRadiusDefense, setting
+from tests.audits.synthetic import BlockRadiusDefense, RecordingRadiusDefense, setting
 
 
 def test_tiled_directions_are_constant_on_blocks_with_unit_variance():
@@ -37,15 +37,6 @@ def test_tiled_probes_get_past_piha_at_a_smaller_radius(mnist_model, mnist_test)
         floors[tile] = calibrate_knobs(attack, Oracle(defense, label=label, target=target, mode="oars"), x)
     assert floors[4]["sigma"] < 0.75 * floors[1]["sigma"]
     assert floors[4]["min_lr"] < 0.9 * floors[1]["min_lr"]
-
-
-class BlockRadiusDefense(RadiusDefense):
-    """Sees only 4x4 block means, as PIHA sees block sums: a hit is a query whose block means lie within L2
-    ``radius`` of an accepted one's. Pixel noise of std s moves them by about 7 s / 4 on MNIST, noise on 2x2
-    tiles by 7 s / 2, on 4x4 tiles by 7 s."""
-
-    def _digest(self, x):
-        return torch.nn.functional.avg_pool2d(x, 4).flatten(1)
 
 
 # (attack, eps, the knob that decides, half the budget as that knob measures it, stage-1 budget)

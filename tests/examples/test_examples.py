@@ -77,7 +77,7 @@ def test_finetune_language_model_from_scratch(tmp_path, capsys):
          "--width", "32", "--layers", "1", "--lr", "3e-3"])
     assert result["epsilon"] <= 8.0 and result["delta"] == pytest.approx(1 / 960)
     assert result["losses"][1] < result["losses"][0] < 6.0  # log(257) = 5.55 at the start
-    assert "(7.9" in capsys.readouterr().out or result["epsilon"] > 7.5
+    assert f"satisfies ({result['epsilon']:.3f}, " in capsys.readouterr().out  # the privacy statement is printed
 
 
 def test_finetune_language_model_from_a_local_checkpoint_with_lora(tmp_path):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpplat.engine.rules import matmul
-from dpplat.engine.rules.linear import LinearRule
+from dpplat.engine.rules.linear import LinearRule, fold
 from dpplat.engine.rules.registry import LayerRule, RuleContext, register_rule, trainable
 
 # nn.MultiheadAttention's out_proj is this subclass of nn.Linear; the registry matches exact types.
@@ -93,29 +93,29 @@ class MultiheadAttentionRule(LayerRule):
             return out, None
         return out, weights.mean(1) if average_attn_weights else weights
 
-    def _parts(self, ctx: RuleContext):
+    def _parts(self, ctx: RuleContext) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(input, output gradient) of each projection, as (samples, positions, features)."""
-        n = ctx.num_samples
-        return [(x.reshape(n, -1, x.shape[-1]), g.reshape(n, -1, g.shape[-1])) for x, g in zip(ctx.x, ctx.grad_output)]
+        return [fold(x, g, ctx.num_samples) for x, g in zip(ctx.x, ctx.grad_output)]
 
-    def _weight_parts(self, ctx: RuleContext) -> list[tuple[str, list[tuple[torch.Tensor, torch.Tensor]]]]:
+    def _weight_parts(self, module: nn.MultiheadAttention, parts: list) -> list[tuple[str, list]]:
         """Each trainable weight with the projections it serves: the packed ``in_proj_weight`` all three."""
-        parts = self._parts(ctx)
-        if ctx.module._qkv_same_embed_dim:
-            return [("in_proj_weight", parts)] if trainable(ctx.module, "in_proj_weight") else []
-        return [(name, [part]) for name, part in zip(_WEIGHTS, parts) if trainable(ctx.module, name)]
+        if module._qkv_same_embed_dim:
+            return [("in_proj_weight", parts)] if trainable(module, "in_proj_weight") else []
+        return [(name, [part]) for name, part in zip(_WEIGHTS, parts) if trainable(module, name)]
 
     def norm_sq(self, ctx: RuleContext) -> torch.Tensor:
+        parts = self._parts(ctx)
         total = ctx.x[0].new_zeros(ctx.num_samples)
-        for _, parts in self._weight_parts(ctx):
-            total = total + sum(matmul.weight_norm_sq(A, G) for A, G in parts)
+        for _, served in self._weight_parts(ctx.module, parts):
+            total = total + sum(matmul.weight_norm_sq(A, G) for A, G in served)
         if trainable(ctx.module, "in_proj_bias"):
-            total = total + sum(matmul.bias_norm_sq(G) for _, G in self._parts(ctx))
+            total = total + sum(matmul.bias_norm_sq(G) for _, G in parts)
         return total
 
     def clipped_grads(self, ctx: RuleContext, factors: torch.Tensor) -> dict[str, torch.Tensor]:
-        grads = {name: torch.cat([matmul.weight_clipped_sum(A, G, factors) for A, G in parts])
-                 for name, parts in self._weight_parts(ctx)}
+        parts = self._parts(ctx)
+        grads = {name: torch.cat([matmul.weight_clipped_sum(A, G, factors) for A, G in served])
+                 for name, served in self._weight_parts(ctx.module, parts)}
         if trainable(ctx.module, "in_proj_bias"):
-            grads["in_proj_bias"] = torch.cat([matmul.bias_clipped_sum(G, factors) for _, G in self._parts(ctx)])
+            grads["in_proj_bias"] = torch.cat([matmul.bias_clipped_sum(G, factors) for _, G in parts])
         return grads

@@ -10,12 +10,13 @@ from dpplat.engine.rules import fused_sum, matmul
 from dpplat.engine.rules.registry import LayerRule, RuleContext, clip_factors, register_rule, trainable
 
 
+def fold(x: torch.Tensor, grad_output: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear map's input and output gradient as (samples, rows per sample, features)."""
+    return x.reshape(samples, -1, x.shape[-1]), grad_output.reshape(samples, -1, grad_output.shape[-1])
+
+
 def _fold(ctx: RuleContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input and output gradient as (samples, rows per sample, features)."""
-    n = ctx.num_samples
-    A = ctx.x.reshape(n, -1, ctx.x.shape[-1])
-    G = ctx.grad_output.reshape(n, -1, ctx.grad_output.shape[-1])
-    return A, G
+    return fold(ctx.x, ctx.grad_output, ctx.num_samples)
 
 
 @register_rule(nn.Linear)
