@@ -3,17 +3,23 @@
     python benchmarks/zoo.py --recipes models/mnist-*.toml          # the shipped recipes, as recorded
     python benchmarks/zoo.py --dataset mnist --epsilon 1 --epochs 2 --models cnn,c4-cnn,c8-cnn
                                                                     # one shared recipe for several models
+    python benchmarks/zoo.py --recipes models/mnist-cnn-eps1.toml models/mnist-c4-cnn-eps1.toml --seeds 0,1,2
+                                                                    # each recipe at three seeds, mean ± std
 
 Every row trains through `dpplat.training.train` into a temporary store (Poisson batches, fused
 clipping, PRV accounting); the table has the parameter count, the epsilon actually spent, the test
 accuracy, its difference to the plain `cnn` trained in the same run at the same (dataset, epsilon)
 when there is one, and the wall time. Flags given with --recipes (e.g. --epochs) override every recipe.
+With --seeds, every recipe runs once per seed (seed-for-seed against the cnn), and a second table gives
+each recipe's mean ± standard deviation over the seeds, of its accuracy and its wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import statistics
 import platform
 import tempfile
 import warnings
@@ -54,31 +60,44 @@ def main(argv=None):
     parser.add_argument("--max-grad-norm", type=float, default=None)
     parser.add_argument("--subset", type=int, default=None, help="train on this many images (a quick check)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds: run every recipe once per seed "
+                                                      "(default: each recipe's own seed)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Optimal order")
     device = resolve_device(args.device or "cpu")
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ", CPU"
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}; delta 1e-5\n")
-    print("| recipe | dataset | model | family | parameters | epsilon (spent) | epochs, batch | test accuracy "
+    print("| recipe | dataset | model | family | parameters | seed | epsilon (spent) | epochs, batch | test accuracy "
           "| vs plain cnn | wall time (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    plain: dict[tuple[str, float], float] = {}
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    plain: dict[tuple[str, float, int], float] = {}
+    runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp) / "zoo.db")
-        for label, config in configs(args):
-            result = train(config, store=store, quiet=True)
-            info = DATASETS[config.dataset]
-            params = models.info(config.model).parameter_count(num_classes=len(info.classes),
-                                                               in_channels=info.channels, image_size=info.size)
-            key = (config.dataset, config.epsilon)
-            if config.model == "cnn":
-                plain[key] = result.accuracy
-            delta = ("baseline" if config.model == "cnn" else
-                     f"{100 * (result.accuracy - plain[key]):+.2f} pt" if key in plain else "—")
-            print(f"| {label} | {config.dataset} | {config.model} | {models.info(config.model).family} | {params:,} "
-                  f"| {config.epsilon:g} ({result.epsilon:.3f}) | {config.epochs}, {config.batch_size} "
-                  f"| {result.accuracy:.2%} | {delta} | {result.seconds:.0f} |", flush=True)
-
+        for label, recipe in configs(args):
+            for seed in seeds:
+                config = recipe if seed is None else dataclasses.replace(recipe, seed=seed)
+                result = train(config, store=store, quiet=True)
+                info = DATASETS[config.dataset]
+                params = models.info(config.model).parameter_count(num_classes=len(info.classes),
+                                                                   in_channels=info.channels, image_size=info.size)
+                key = (config.dataset, config.epsilon, config.seed)
+                if config.model == "cnn":
+                    plain[key] = result.accuracy
+                delta = ("baseline" if config.model == "cnn" else
+                         f"{100 * (result.accuracy - plain[key]):+.2f} pt" if key in plain else "—")
+                runs.setdefault((label, config.model), []).append((result.accuracy, result.seconds))
+                print(f"| {label} | {config.dataset} | {config.model} | {models.info(config.model).family} "
+                      f"| {params:,} | {config.seed} | {config.epsilon:g} ({result.epsilon:.3f}) "
+                      f"| {config.epochs}, {config.batch_size} | {result.accuracy:.2%} | {delta} "
+                      f"| {result.seconds:.0f} |", flush=True)
+    if len(seeds) > 1:
+        print(f"\nOver seeds {args.seeds}:\n\n| recipe | model | test accuracy | wall time (s) |\n|---|---|---|---|")
+        for (label, model), results in runs.items():
+            accuracy, seconds = zip(*results)
+            print(f"| {label} | {model} | {100 * statistics.mean(accuracy):.2f} ± {100 * statistics.stdev(accuracy):.2f}% "
+                  f"| {statistics.mean(seconds):.0f} ± {statistics.stdev(seconds):.0f} |")
 
 if __name__ == "__main__":
     main()

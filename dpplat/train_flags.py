@@ -16,6 +16,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help=DATASET_HELP)
     p.add_argument("--model", help="a zoo name (dpplat.models.available()) or your own package.module:function, "
                                    "called with num_classes, in_channels and image_size")
+    p.add_argument("--group", help="the symmetry group (C4, D4, C8, D8) the model must be equivariant to; a model of "
+                                   "another group is refused")
     p.add_argument("--epsilon", type=float, help="target epsilon: the budget the run never exceeds "
                                                  "('inf' with --sigma: no budget)")
     p.add_argument("--delta", type=float, help="target delta; must be below 1/N")
@@ -64,7 +66,7 @@ def train_config_from_args(args: argparse.Namespace):
     from dpplat.training import TrainConfig
 
     overrides = {k: getattr(args, k) for k in (
-        "dataset", "model", "epsilon", "delta", "sigma", "epochs", "batch_size", "max_grad_norm", "clipping",
+        "dataset", "model", "group", "epsilon", "delta", "sigma", "epochs", "batch_size", "max_grad_norm", "clipping",
         "accountant", "optimizer", "lr", "momentum", "seed", "subset", "test_subset", "secure_mode", "name", "data_dir",
         "augmult", "max_physical_batch_size", "ema_decay", "data_norm_noise", "data_norm_clip", "device", "allow_large_delta",
     )}

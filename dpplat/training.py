@@ -50,6 +50,7 @@ class TrainConfig:
 
     dataset: str = "mnist"
     model: str = "cnn"
+    group: str | None = None  # the symmetry group the recipe expects the model to be equivariant to (a check)
     epsilon: float | None = 2.0
     delta: float = 1e-5
     sigma: float | None = None
@@ -131,7 +132,11 @@ class TrainConfig:
         check_choice(flag("accountant"), self.accountant, ACCOUNTANTS)
         check_choice(flag("optimizer"), self.optimizer, ("sgd", "adam"))
         datasets.check_dataset_name(self.dataset)
-        models.info(self.model)  # an unknown model is named here, with the zoo's names
+        model = models.info(self.model)  # an unknown model is named here, with the zoo's names
+        if self.group is not None and self.group != model.group:
+            has = f"is equivariant to {model.group}" if model.group else "is not group-equivariant"
+            raise ValueError(f"{flag('group')} is {self.group!r}, but model {self.model!r} {has}; drop the group "
+                             "or choose a model of that group (dpplat.models.available() lists each model's group).")
         resolve_device(self.device)
 
     @classmethod

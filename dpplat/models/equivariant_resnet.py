@@ -71,7 +71,8 @@ _RESNETS = (
 )
 
 
-register_variants(equivariant_resnet9, _RESNETS, family="equivariant", in_channels=3, image_size=32)
+register_variants(equivariant_resnet9, _RESNETS, family="equivariant", in_channels=3, image_size=32,
+                  invariant_to="C4")
 
 
 class WideBasic(nn.Module):

@@ -15,9 +15,10 @@ from dpplat.models.imported import build_imported, import_builder, is_import_pat
 class ModelInfo:
     name: str
     family: str
-    group: str | None
+    group: str | None  # the group the model is equivariant to
     description: str
     builder: Callable[..., nn.Module]
+    invariant_to: str | None = None  # the group its logits are invariant to (None: no invariance claimed)
 
     def parameter_count(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> int:
         model = self.builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
@@ -27,25 +28,29 @@ class ModelInfo:
 _MODELS: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, *, family: str, group: str | None = None, description: str = ""):
+def register_model(name: str, *, family: str, group: str | None = None, description: str = "",
+                   invariant_to: str | None = None):
     """Decorator: register ``builder(num_classes, in_channels, image_size) -> nn.Module`` under ``name``."""
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered.")
-        _MODELS[name] = ModelInfo(name, family, group, description or (builder.__doc__ or "").strip(), builder)
+        _MODELS[name] = ModelInfo(name, family, group, description or (builder.__doc__ or "").strip(), builder,
+                                  invariant_to)
         return builder
 
     return decorator
 
 
 def register_variants(build: Callable[..., nn.Module], variants, *, family: str, in_channels: int,
-                      image_size: int) -> None:
+                      image_size: int, invariant_to: str | None) -> None:
     """Register ``build(group, width, num_classes, in_channels, image_size)`` once per (name, group, width,
-    description): one architecture, several groups, each its own registry entry."""
+    description): one architecture, several groups, each its own registry entry, all invariant to
+    ``invariant_to``."""
     for name, group, width, description in variants:
         builder = partial(_build_variant, build, group, width, in_channels=in_channels, image_size=image_size)
-        register_model(name, family=family, group=group, description=description)(builder)
+        register_model(name, family=family, group=group, description=description,
+                       invariant_to=invariant_to)(builder)
 
 
 def _build_variant(build, group: str, width: int, *, num_classes: int = 10, in_channels: int, image_size: int):

@@ -10,7 +10,7 @@ from torch import nn
 
 from dpplat import models
 from dpplat.models.equivariant import (C4, C8, D4, D8, FieldGroupNorm, GroupConv2d, GroupPool, InvariantPool,
-                                       LiftingConv2d, OrbitPool, Restrict, SteerableGroupConv2d,
+                                       OrbitPool, Restrict, SteerableGroupConv2d,
                                        SteerableLiftingConv2d, group_conv, lifting_conv, sampled_basis)
 from dpplat.models.equivariant.steerable import basis_functions
 from tests.engine.reference import check_rule
@@ -83,12 +83,17 @@ def test_restriction_to_a_subgroup_keeps_equivariance(group, subgroup):
 
 
 @pytest.mark.parametrize("group", [C8, D8], ids=lambda g: g.name)
-def test_steerable_basis_rotates_exactly_by_every_element(group):
+@pytest.mark.parametrize("k", [5, 8])
+def test_steerable_basis_rotates_exactly_by_every_element(group, k):
     """For g = (rotation by a, reflection f), a harmonic sampled at g^-1 p is cos(m(phi - a)) for the
-    cos part and (-1)^f sin(m(phi - a)) for the sin part: exact on the grid, the 45-degree elements too."""
-    functions = basis_functions(5)
-    basis = sampled_basis(group, 5)
-    assert basis.shape == (group.order, len(functions), 5, 5) and len(basis_functions(3)) == 6
+    cos part and (-1)^f sin(m(phi - a)) for the sin part: exact on the grid, the 45-degree elements too.
+    An even filter's grid is centred between pixels, where quarter turns still permute its pixels."""
+    functions = basis_functions(k)
+    basis = sampled_basis(group, k)
+    assert basis.shape == (group.order, len(functions), k, k)
+    assert (len(basis_functions(3)), len(basis_functions(5)), len(basis_functions(8))) == (6, 15, 36)
+    quarter = group.elements.index((group.rotations // 4, 0))
+    assert (basis[quarter] - torch.rot90(basis[0], 1, (-2, -1))).abs().max() < 1e-12
     for g, (k, flip) in enumerate(group.elements):
         ma = [m * group.angle(g) for _, m, _ in functions]
         for b, (r, m, kind) in enumerate(functions):

@@ -9,8 +9,8 @@ from dpplat.models.equivariant import get_group
 
 
 @pytest.mark.parametrize("name,count,shape", [
-    ("c4-cnn", 18914, (1, 28)), ("d4-cnn", 35042, (1, 28)), ("cnn", 26010, (1, 28)), ("mlp", 269322, (1, 28)),
-    ("c8-cnn", 6762, (1, 28)), ("d8-cnn", 12138, (1, 28)),
+    ("c4-cnn", 17004, (1, 28)), ("d4-cnn", 21190, (1, 28)), ("cnn", 26010, (1, 28)), ("mlp", 269322, (1, 28)),
+    ("c8-cnn", 20310, (1, 28)), ("d8-cnn", 19464, (1, 28)),
     ("d4-resnet9", 231498, (3, 32)), ("c4-resnet9", 238970, (3, 32)), ("c8-resnet9", 203778, (3, 32)),
     ("wrn-16-4", 2748890, (3, 32)),
     ("scatnet-linear", 39700, (1, 28)), ("scatnet-linear", 155530, (3, 32)),
@@ -24,20 +24,51 @@ def test_parameter_counts_match_the_registry_description(name, count, shape):
     assert f"{count:,}" in info.description or name in ("cnn", "mlp")
 
 
-# the ResNets restrict to C4 in their last stage; C8/D8 act exactly on the grid by their C4/D4 elements
-INVARIANT_TO = {"c4-cnn": "C4", "d4-cnn": "D4", "c8-cnn": "C8", "d8-cnn": "D8",
-                "d4-resnet9": "C4", "c4-resnet9": "C4", "c8-resnet9": "C4"}
+EQUIVARIANT = [m.name for m in models.available() if m.family == "equivariant"]
 
 
-@pytest.mark.parametrize("name", [m.name for m in models.available() if m.family == "equivariant"])
+@pytest.mark.parametrize("name", [name for name in EQUIVARIANT if models.info(name).invariant_to])
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
-def test_equivariant_classifiers_are_invariant_to_their_group(name, channels, size):
+def test_invariant_classifiers_are_invariant_to_the_group_they_claim(name, channels, size):
     torch.manual_seed(0)
     model = models.create(name, num_classes=10, in_channels=channels, image_size=size).double().eval()
-    group = get_group(INVARIANT_TO[name])
+    group = get_group(models.info(name).invariant_to)
     x = torch.randn(2, channels, size, size, dtype=torch.float64)
     for g in group.grid_elements:
         assert (model(group.act(x, g)) - model(x)).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("name", [name for name in EQUIVARIANT if not models.info(name).invariant_to])
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_orientation_keeping_classifiers_have_an_equivariant_body_and_a_head_that_tells_6_from_9(name, channels, size):
+    """The body (``model[0]``) commutes with every grid element of the model's group; the logits do
+    not follow a half turn, so a 6 and a 9 can get different classes."""
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=10, in_channels=channels, image_size=size).double().eval()
+    group = get_group(models.info(name).group)
+    body = model[0]
+    x = torch.randn(2, channels, size, size, dtype=torch.float64)
+    for g in group.grid_elements:
+        expected = group.permute_fields(group.act(body(x), g), g)
+        assert (body(group.act(x, g)) - expected).abs().max() < 1e-10
+    assert (model(torch.rot90(x, 2, (-2, -1))) - model(x)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["c4-cnn", "d8-cnn"])
+@pytest.mark.parametrize("size", [30, 8])
+def test_a_side_the_strided_layout_cannot_take_is_refused_with_the_sizes_it_can(name, size):
+    with pytest.raises(ValueError, match=f"{name} takes square images whose side is a multiple of 4.*got {size}"):
+        models.create(name, image_size=size)
+
+
+@pytest.mark.parametrize("name", ["c4-cnn", "d4-cnn", "c8-cnn", "d8-cnn"])
+def test_orientation_keeping_classifiers_per_sample_gradients(name):
+    """The whole model against the float64 per-sample loop, every clipping group at once."""
+    from tests.engine.reference import check_rule
+
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=3, image_size=12)
+    check_rule(model, torch.randn(4, 1, 12, 12), clipping="per_layer", C=0.05)
 
 
 def test_unknown_model_lists_the_available_ones():
@@ -75,7 +106,7 @@ def test_equivariant_model_trains_under_the_engine():
     torch.nn.functional.cross_entropy(dp_model(x), y).backward()
     opt.step()
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert len(dp_model.clipping_groups) == 9  # 4 group convs, 4 field norms, 1 linear head
+    assert len(dp_model.clipping_groups) == 4  # 2 group convs and the head's 2 linear layers; the norms have no parameters
 
 
 def test_shipped_recipes_parse_and_name_registered_models():
@@ -89,3 +120,13 @@ def test_shipped_recipes_parse_and_name_registered_models():
         config = TrainConfig.from_toml(recipe)
         config.validate()
         assert models.info(config.model) and "machine" in config.extra["result"]
+
+
+def test_a_recipe_naming_a_group_the_model_does_not_have_is_refused():
+    from dpplat.training import TrainConfig
+
+    assert TrainConfig(model="d4-resnet9", dataset="cifar10", group="D4").group == "D4"
+    with pytest.raises(ValueError, match=r"group \(--group\) is 'D4', but model 'c4-cnn' is equivariant to C4"):
+        TrainConfig(model="c4-cnn", group="D4")
+    with pytest.raises(ValueError, match="model 'cnn' is not group-equivariant"):
+        TrainConfig(model="cnn", group="C4")

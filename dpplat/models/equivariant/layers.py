@@ -120,22 +120,26 @@ class GroupConv2d(_GroupConvBase):
 
 
 class FieldGroupNorm(nn.Module):
-    """GroupNorm whose groups hold whole fields and whose affine parameters are per field (equivariant)."""
+    """GroupNorm whose groups hold whole fields and whose affine parameters are per field (equivariant).
 
-    def __init__(self, num_groups: int, fields: int, group="D4", eps: float = 1e-5) -> None:
+    ``affine=False`` gives the normalisation alone, as in Hölzl et al.'s models: no parameters, so no
+    clipping group of its own, and per-layer clipping's bound is shared by the convolutions alone.
+    """
+
+    def __init__(self, num_groups: int, fields: int, group="D4", eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()
         if fields % num_groups:
             raise ValueError(f"num_groups ({num_groups}) must divide the number of fields ({fields}).")
         self.group = get_group(group) if isinstance(group, str) else group
         self.num_groups, self.eps = num_groups, eps
-        self.weight = nn.Parameter(torch.ones(fields))
-        self.bias = nn.Parameter(torch.zeros(fields))
+        self.weight = nn.Parameter(torch.ones(fields)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(fields)) if affine else None
 
     def expand(self, weight, bias):
         return weight.repeat_interleave(self.group.order), bias.repeat_interleave(self.group.order)
 
     def forward_with(self, x, weight, bias):
-        w, b = self.expand(weight, bias)
+        w, b = self.expand(weight, bias) if weight is not None else (None, None)
         return F.group_norm(x, self.num_groups, w, b, self.eps)
 
     def forward(self, x):

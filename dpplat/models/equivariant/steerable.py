@@ -28,16 +28,21 @@ from dpplat.models.equivariant.layers import GroupConv2d, LiftingConv2d, _GroupC
 def basis_functions(kernel_size: int) -> list[tuple[float, int, str]]:
     """(ring radius, frequency, "cos"|"sin") of each basis function for a ``kernel_size`` filter.
 
-    Rings sit at integer radii up to the filter's half width; a ring of radius r carries
-    frequencies up to 2r (a ring of circumference 2 pi r cannot show faster oscillation on the
-    grid without aliasing), the centre only the constant. 3x3: 6 functions; 5x5: 15.
+    An odd filter is centred on a pixel: rings sit at integer radii up to its half width, and the
+    centre carries only the constant. An even filter is centred between pixels (what a stride-2
+    layer on an even-sized map needs to stay equivariant): rings sit at radii 0.5, 1.5, ... up to
+    its half width. A ring of radius r carries frequencies up to 2r (a ring of circumference
+    2 pi r cannot show faster oscillation on the grid without aliasing). 3x3: 6 functions; 5x5: 15;
+    8x8: 36.
     """
-    if kernel_size < 3 or kernel_size % 2 == 0:
-        raise ValueError(f"steerable filters need an odd kernel_size >= 3, got {kernel_size}.")
-    functions = [(0.0, 0, "cos")]
-    for r in range(1, kernel_size // 2 + 1):
+    if kernel_size < 2:
+        raise ValueError(f"steerable filters need kernel_size >= 2, got {kernel_size}.")
+    odd = kernel_size % 2
+    functions = [(0.0, 0, "cos")] if odd else []
+    for ring in range(1 if odd else 0, kernel_size // 2 + odd):
+        r = ring if odd else ring + 0.5
         functions.append((float(r), 0, "cos"))
-        for m in range(1, 2 * r + 1):
+        for m in range(1, int(2 * r) + 1):
             functions += [(float(r), m, "cos"), (float(r), m, "sin")]
     return functions
 
@@ -48,8 +53,7 @@ def sampled_basis(group: PixelGroup, kernel_size: int, sigma: float = 0.6) -> to
     Each (ring, frequency) pair is scaled to unit mean norm on the grid, so coefficients initialised
     like a plain filter's pixels give filters of the usual scale.
     """
-    c = kernel_size // 2
-    coords = torch.arange(kernel_size, dtype=torch.float64) - c
+    coords = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
     u, v = torch.meshgrid(coords, coords, indexing="ij")  # (row, column) offsets from the centre
     functions = basis_functions(kernel_size)
     out = torch.empty(group.order, len(functions), kernel_size, kernel_size, dtype=torch.float64)
