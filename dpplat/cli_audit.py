@@ -108,6 +108,9 @@ def add_audit_parser(sub) -> None:
     w.add_argument("--subset", type=int, default=None, help="train on a deterministic subset of this many examples")
     w.add_argument("--inject", choices=["none", "half-noise", "no-clip-one-layer", "noise-per-rank"], default=None,
                    help="train with this fault while the accountant is told the correct settings")
+    w.add_argument("--processes", type=int, default=None,
+                   help="data-parallel processes the audited run trains on (torch.distributed, gloo); "
+                        "--inject noise-per-rank needs 2 or more")
     w.add_argument("--subject", choices=["dpplat", "opacus"], default=None,
                    help="whose DP-SGD trains the audited run: dpplat's engine or Opacus (with --clipping flat)")
     w.add_argument("--seed", type=int, default=None, help="seeds the canaries, their inclusion and the training")
@@ -185,7 +188,7 @@ def _audit_whitebox(args: argparse.Namespace) -> int:
     from dpplat.store import RunStore
 
     fields = ("dataset", "model", "epsilon", "delta", "canaries", "steps", "runs", "batch_size", "lr", "clipping", "subset",
-              "inject", "subject", "seed", "data_dir")
+              "inject", "processes", "subject", "seed", "data_dir")
     config = WhiteboxConfig(**{k: getattr(args, k) for k in fields if getattr(args, k) is not None})
     store = RunStore(args.store or default_store_path())
     with graceful_stop(immediate=True) as stop:

@@ -18,16 +18,24 @@ bound, the Bayesian interval on its guesses and a mu-GDP fit (:mod:`dpplat.audit
 
 Fault injection proves the audit's power: ``half-noise`` draws the noise at sigma / 2 and
 ``no-clip-one-layer`` skips clipping in one group, while the accountant is told the correct settings.
+``noise-per-rank`` trains on several processes (torch.distributed, gloo) and adds the noise on every
+rank instead of once: the opposite error, which the audit must read as less leakage. With
+``processes > 1`` the canaries join rank 0's share of each step, and the observer sums the ranks'
+clipped sums of the real examples before it subtracts them.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
@@ -62,6 +70,7 @@ class WhiteboxConfig:
     inject: str = "none"
     subject: str = "dpplat"
     inject_group: int = -1  # the clipping group ``no-clip-one-layer`` leaves unclipped (-1: the last)
+    processes: int = 1  # data-parallel processes the audited run trains on (torch.distributed, gloo)
     subset: int | None = None
     confidence: float = 0.95
     seed: int = 0
@@ -78,6 +87,7 @@ class WhiteboxConfig:
         check_range("canaries", self.canaries, low=2)
         check_range("steps", self.steps, low=1)
         check_range("runs", self.runs, low=1)
+        check_range("processes", self.processes, low=1)
         check_range("batch_size", self.batch_size, low=1)
         check_range("max_grad_norm", self.max_grad_norm, low=0, low_open=True)
         check_range("lr", self.lr, low=0, low_open=True)
@@ -90,9 +100,11 @@ class WhiteboxConfig:
         if self.subject == "opacus" and (self.clipping != "flat" or self.inject != "none"):
             raise ValueError("--subject opacus audits Opacus as it is: it clips the whole gradient, so give "
                              "--clipping flat, and injects no fault (--inject none).")
-        if self.inject == "noise-per-rank":
-            raise ValueError("--inject noise-per-rank adds the noise on every rank of a data-parallel run, and the "
-                             "white-box audit trains in one process; choose none, half-noise or no-clip-one-layer.")
+        if self.inject == "noise-per-rank" and self.processes < 2:
+            raise ValueError("--inject noise-per-rank adds the noise on every rank of a data-parallel run: give "
+                             "--processes 2 (or more).")
+        if self.subject == "opacus" and self.processes > 1:
+            raise ValueError("--subject opacus trains in one process: drop --processes.")
         if self.inject == "no-clip-one-layer" and self.clipping != "per_layer":
             raise ValueError("--inject no-clip-one-layer skips one clipping group's clipping, so it needs "
                              "--clipping per_layer.")
@@ -235,12 +247,13 @@ def train_with_canaries(config: WhiteboxConfig, seed: int, say: Callable[[str], 
     setup = AuditedTraining.build(config, seed)
     train_set, model, included, n_real, batch, sample_rate, sigma = (
         setup.train_set, setup.model, setup.included, setup.dataset_size, setup.batch, setup.sample_rate, setup.sigma)
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     engine = PrivacyEngine(accountant=config.accountant)
     dp_model, dp_opt, loader = engine.make_private(
         module=model, optimizer=torch.optim.SGD(model.parameters(), lr=config.lr),
         data_loader=DataLoader(train_set, batch_size=batch, shuffle=True), noise_multiplier=sigma,
         max_grad_norm=config.max_grad_norm, clipping=config.clipping, target_epsilon=config.epsilon,
-        target_delta=config.delta, noise_generator=torch.Generator().manual_seed(seed + 1))
+        target_delta=config.delta, noise_generator=torch.Generator().manual_seed(seed + 1 + 7919 * rank))
     params = dp_model.trainable_parameters()
     groups = dp_model.clipping_groups
     directions = canary_directions(dp_model.per_layer_bounds, dp_model.group_sizes, config.canaries,
@@ -252,6 +265,8 @@ def train_with_canaries(config: WhiteboxConfig, seed: int, say: Callable[[str], 
     if config.inject == "no-clip-one-layer":
         target = config.inject_group % len(groups)
         dp_model.skip_clipping(target)
+    if config.inject == "noise-per-rank":
+        dp_opt.noise_on_every_rank = True
     noise_std = sigma * dp_model.sensitivity
     projections = np.zeros((config.steps, config.canaries), dtype=np.float32)
     canary_rng = np.random.default_rng(seed + 3)
@@ -274,14 +289,40 @@ def train_with_canaries(config: WhiteboxConfig, seed: int, say: Callable[[str], 
                 F.cross_entropy(dp_model(x), y).backward()
             real_sum.copy_(torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel())
                                       for p in params]))
+            if config.processes > 1:
+                dist.all_reduce(real_sum)  # the observer knows every rank's real examples
             sampled = np.flatnonzero(included & (canary_rng.random(config.canaries) < sample_rate))
-            dp_model.add_example_gradients(directions.dense(sampled) * length)
+            if rank == 0:  # every canary lives on one rank, as every example does
+                dp_model.add_example_gradients(directions.dense(sampled) * length)
             dp_opt.step()
             step += 1
             if step % 100 == 0:
                 say(f"  step {step}/{config.steps}")
     return ObservedRun(projections, included, sigma, sample_rate, engine.get_epsilon(config.delta), n_real, groups,
                        groups[target] if target is not None else None)
+
+
+def _rank_main(rank: int, world: int, port: int, config: WhiteboxConfig, seed: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    try:
+        observed = train_with_canaries(config, seed, lambda message: None)
+        if rank == 0:
+            torch.save(asdict(observed), out)
+    finally:
+        dist.destroy_process_group()
+
+
+def train_data_parallel(config: WhiteboxConfig, seed: int, say: Callable[[str], None]) -> ObservedRun:
+    """:func:`train_with_canaries` on ``config.processes`` local processes; rank 0 observes."""
+    from dpplat.distributed import _free_port
+
+    say(f"white-box audit: training on {config.processes} processes (gloo), inject {config.inject}, seed {seed}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "observed.pt")
+        mp.spawn(_rank_main, args=(config.processes, _free_port(), config, seed, out), nprocs=config.processes)
+        return ObservedRun(**torch.load(out, weights_only=False))
 
 
 def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None = None) -> dict:
@@ -296,7 +337,7 @@ def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None 
     if config.subject == "opacus":
         from dpplat.audits.whitebox_opacus import train_opacus_with_canaries as train
     else:
-        train = train_with_canaries
+        train = train_data_parallel if config.processes > 1 else train_with_canaries
     observed = [train(config, config.seed + 1000 * i, say) for i in range(config.runs)]
     first = observed[0]
     claimed = max(o.claimed_epsilon for o in observed)

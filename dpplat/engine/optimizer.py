@@ -63,6 +63,9 @@ class DPOptimizer:
         # Fault injection for audits only: the noise drawn is this times sigma * C, while the accountant is
         # told sigma. Always 1 in real training.
         self.noise_fault_factor = 1.0
+        # Fault injection for audits only: every rank of a data-parallel run adds its own draw (the error
+        # of too much noise). Always False in real training.
+        self.noise_on_every_rank = False
         self.steps_left: int | None = None
 
     @property
@@ -117,7 +120,7 @@ class DPOptimizer:
         """
         import torch.distributed as dist
 
-        if dist.get_rank() == 0:
+        if dist.get_rank() == 0 or self.noise_on_every_rank:
             for p in params:
                 add_gaussian_noise_(p.grad, self._drawn_std, secure=self.secure_mode, generator=self.generator)
         flat = torch.cat([p.grad.reshape(-1) for p in params])

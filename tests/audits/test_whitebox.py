@@ -43,6 +43,20 @@ def test_an_unclipped_layer_fails_loudly_through_the_oversized_canaries():
     assert faulty["inject_group"] == faulty["clipping_groups"][-1]
 
 
+def test_a_two_process_run_is_audited_and_noise_on_every_rank_reads_as_less_leakage(correct):
+    """Two ranks (gloo): the correct run adds the noise once, so it measures as one run in one process does;
+    noise added on both ranks measures sqrt(2) times the claimed noise and leaks less, so it passes."""
+    together = run_whitebox(WhiteboxConfig(**SMALL, processes=2))
+    assert not together["exceeds_claim"] and together["lower_bound"] > 0.2
+    assert together["measured_noise"] == pytest.approx(1.0, abs=0.05)
+    assert together["measured_canary_shift"] == pytest.approx(1.0, abs=0.15)
+    doubled = run_whitebox(WhiteboxConfig(**SMALL, processes=2, inject="noise-per-rank"))
+    assert doubled["measured_noise"] == pytest.approx(2 ** 0.5, abs=0.07)
+    assert not doubled["exceeds_claim"] and doubled["verdict"].startswith("PASS")
+    assert doubled["claimed_epsilon"] == pytest.approx(correct["claimed_epsilon"])
+    assert doubled["gdp_epsilon"] < 0.85 * together["gdp_epsilon"]
+
+
 def test_the_cli_prints_json_stores_the_audit_and_exits_1_on_a_failed_audit(tmp_path, capsys):
     store = tmp_path / "s.db"
     args = ["audit", "whitebox", "--steps", "60", "--subset", "1000", "--batch-size", "100", "--canaries", "1000",
