@@ -5,7 +5,10 @@ drawing noise, to separate the cost of the Gaussian noise from clipping), dpplat
 hooks (flat and per-layer) and Opacus ghost clipping. Models: a 4-conv CNN
 (32-32-64-64 + Linear on 32x32x3, B=256), a Linear-heavy MLP (3072-1024-1024-1024-10,
 B=256) and a small transformer encoder block (Embedding + LayerNorm + Linear
-attention/MLP, sequence 128).
+attention/MLP, sequence 128); and a GPT-2-architecture language model from ``transformers``
+(6 layers, d = 512, 8 heads, sequence 256, a vocabulary of 8,192, B = 4, untied head), trained
+whole (``gpt2``) or through rank-8 LoRA adapters on its frozen base (``gpt2-lora``). Opacus has
+no rule for GPT-2's ``Conv1D``, so its rows there say why they do not run.
 
 Time: all methods live in one process and are stepped in interleaved rounds (so
 drift in machine load hits them alike); we report medians. Memory: each method runs
@@ -13,6 +16,8 @@ a few steps in its own spawned child process; extra peak memory is the child's p
 (VmHWM, reset after building the model and batch) minus its RSS at that point.
 
     python benchmarks/engine.py [--rounds 7] [--models cnn,mlp,transformer] [--device cpu|cuda]
+    python benchmarks/engine.py --rounds 3 --models gpt2,gpt2-lora   # seconds a step on a 2-core CPU
+    python benchmarks/engine.py --compile      # adds torch.compile rows (non-private and dpplat per-layer)
 """
 
 from __future__ import annotations
@@ -59,8 +64,34 @@ class Block(nn.Module):
         return self.head(h.mean(1))
 
 
+class CausalLM(nn.Module):
+    """A GPT-2 ``transformers`` model whose forward takes token ids and gives (B, vocab, T) logits.
+
+    Position ids are expanded to one row per sequence: the engine refuses an input the batch shares."""
+
+    def __init__(self, lora_rank: int = 0, vocab: int = 8192, d: int = 512, layers: int = 6, seq: int = 256):
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        from dpplat.models.lora import add_lora
+
+        config = GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=d, n_layer=layers, n_head=8,
+                            bos_token_id=vocab - 1, eos_token_id=vocab - 1, tie_word_embeddings=False)
+        self.lm = GPT2LMHeadModel(config)
+        if lora_rank:
+            add_lora(self.lm, rank=lora_rank)
+
+    def forward(self, ids):
+        positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+        return self.lm(input_ids=ids, position_ids=positions).logits.transpose(1, 2)
+
+
 def build(name: str):
     torch.manual_seed(0)
+    if name in ("gpt2", "gpt2-lora"):
+        model = CausalLM(lora_rank=8 if name == "gpt2-lora" else 0)
+        tokens = torch.randint(0, 8192, (4, 257))
+        return model, tokens[:, :-1], tokens[:, 1:]
     if name == "cnn":
         model = nn.Sequential(
             nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -78,16 +109,19 @@ def build(name: str):
 
 
 METHODS = ["non-private", "dpplat per-layer", "dpplat per-layer, no noise", "dpplat flat", "opacus hooks flat", "opacus hooks per-layer", "opacus ghost"]
+COMPILED = ["non-private (compiled)", "dpplat per-layer (compiled)"]  # --compile: torch.compile(model), inductor
 
 
 def make_method(method: str, model_name: str, device: str):
     """A closure that runs one training step of ``method`` on a fixed batch."""
     model, x, y = build(model_name)
     model, x, y = model.to(device), x.to(device), y.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=len(x))
     criterion = nn.CrossEntropyLoss()
     sigma, C = 1.0, 1.0
+    compiled = method.endswith(" (compiled)")
+    method = method.removesuffix(" (compiled)")
     if method == "non-private":
         pass
     elif method.startswith("dpplat"):
@@ -111,6 +145,9 @@ def make_method(method: str, model_name: str, device: str):
             model, optimizer, _ = engine.make_private(
                 module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma, max_grad_norm=bound,
                 clipping="per_layer" if per_layer else "flat", poisson_sampling=False, grad_sample_mode="hooks")
+
+    if compiled:
+        model = torch.compile(model)
 
     def step():
         optimizer.zero_grad()
@@ -166,22 +203,22 @@ def extra_memory(methods, model_name, device) -> dict[str, float | str]:
     return results
 
 
-def time_methods(model_name, device, rounds, steps_per_round=2):
-    steps, times = {}, {m: [] for m in METHODS}
-    for m in METHODS:
+def time_methods(methods, model_name, device, rounds, steps_per_round=2):
+    steps, times = {}, {m: [] for m in methods}
+    for m in methods:
         try:
             steps[m] = make_method(m, model_name, device)
             steps[m]()  # warm-up
         except Exception as err:
             steps[m] = f"n/a ({type(err).__name__}: {str(err)[:60]})"
     for _ in range(rounds):
-        for m in METHODS:
+        for m in methods:
             if callable(steps[m]):
                 t = time.perf_counter()
                 for _ in range(steps_per_round):
                     steps[m]()
                 times[m].append((time.perf_counter() - t) / steps_per_round)
-    return {m: statistics.median(times[m]) if times[m] else steps[m] for m in METHODS}
+    return {m: statistics.median(times[m]) if times[m] else steps[m] for m in methods}
 
 
 def machine() -> str:
@@ -199,16 +236,22 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--models", default="cnn,mlp,transformer")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time non-private and dpplat per-layer under torch.compile (after a warm-up step)")
+    parser.add_argument("--methods", nargs="+", default=None, help="a subset of the methods, each quoted (default: all)")
     args = parser.parse_args(argv)
+    methods = args.methods or METHODS + (COMPILED if args.compile else [])
+    if "non-private" not in methods:
+        parser.error("--methods must include non-private, the baseline of every ratio")
     print(f"machine: {machine()}" + (f", GPU {torch.cuda.get_device_name()}" if args.device == "cuda" else ""))
     print(f"device: {args.device}; medians over {args.rounds} interleaved rounds of 2 steps\n")
     print("| model | method | step time (ms) | time / non-private | extra peak memory (MB) | memory / non-private |")
     print("|---|---|---|---|---|---|")
     for model_name in args.models.split(","):
-        times = time_methods(model_name, args.device, args.rounds)
-        mems = extra_memory(METHODS, model_name, args.device)
+        times = time_methods(methods, model_name, args.device, args.rounds)
+        mems = extra_memory(methods, model_name, args.device)
         base_t, base_m = times["non-private"], mems["non-private"]
-        for m in METHODS:
+        for m in methods:
             t, mem = times[m], mems[m]
             t_txt = f"{t * 1000:.1f} | {t / base_t:.2f}x" if isinstance(t, float) else f"{t} | -"
             m_txt = f"{mem:.0f} | {mem / base_m:.2f}x" if isinstance(mem, float) and base_m > 0 else f"{mem} | -"

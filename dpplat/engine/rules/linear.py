@@ -1,4 +1,7 @@
-"""Rule for ``nn.Linear`` on (B, d) and (B, ..., d) inputs (batch first)."""
+"""Rule for ``nn.Linear`` on (B, d) and (B, ..., d) inputs (batch first).
+
+On sequences, ``DPPLAT_TRITON=1`` computes the weight's per-sample norms and clipped sum with the Triton
+kernels of :mod:`dpplat.engine.rules.linear_triton`, which never write a per-sample gradient."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpplat.engine.rules import fused_sum, matmul
+from dpplat.engine.rules import fused_sum, linear_triton, matmul
 from dpplat.engine.rules.registry import LayerRule, RuleContext, clip_factors, register_rule, trainable
 
 
@@ -17,6 +20,11 @@ def fold(x: torch.Tensor, grad_output: torch.Tensor, samples: int) -> tuple[torc
 
 def _fold(ctx: RuleContext) -> tuple[torch.Tensor, torch.Tensor]:
     return fold(ctx.x, ctx.grad_output, ctx.num_samples)
+
+
+def _weight_kernels(A: torch.Tensor):
+    """The module computing the weight's norms and clipped sum: the Triton kernels on sequences when asked for."""
+    return linear_triton if A.shape[1] > 1 and linear_triton.enabled(A) else matmul
 
 
 @register_rule(nn.Linear)
@@ -31,7 +39,7 @@ class LinearRule(LayerRule):
         A, G = _fold(ctx)
         total = A.new_zeros(A.shape[0])
         if trainable(ctx.module, "weight"):
-            total = total + matmul.weight_norm_sq(A, G)
+            total = total + _weight_kernels(A).weight_norm_sq(A, G)
         if trainable(ctx.module, "bias"):
             total = total + matmul.bias_norm_sq(G)
         return total
@@ -40,14 +48,15 @@ class LinearRule(LayerRule):
         A, G = _fold(ctx)
         grads = {}
         if trainable(ctx.module, "weight"):
-            grads["weight"] = matmul.weight_clipped_sum(A, G, factors)
+            grads["weight"] = _weight_kernels(A).weight_clipped_sum(A, G, factors)
         if trainable(ctx.module, "bias"):
             grads["bias"] = matmul.bias_clipped_sum(G, factors)
         return grads
 
     def clipped_grads_per_layer(self, ctx: RuleContext, bound: float) -> dict[str, torch.Tensor]:
         A, G = _fold(ctx)
-        if not trainable(ctx.module, "weight") or A.shape[1] == 1:  # 2-D input: ghost norm is free
+        if not trainable(ctx.module, "weight") or A.shape[1] == 1 or linear_triton.enabled(A):
+            # 2-D input: the ghost norm is free; Triton: norms, then the clipped sum, neither instantiated
             return self.clipped_grads(ctx, clip_factors(self.norm_sq(ctx), bound))
         small = {"bias": G.sum(1)} if trainable(ctx.module, "bias") else {}
         return fused_sum.clip_and_sum(
