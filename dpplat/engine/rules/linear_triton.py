@@ -29,8 +29,8 @@ def enabled(x: torch.Tensor) -> bool:
         raise RuntimeError("DPPLAT_TRITON=1 asks for the Triton kernels, but triton is not installed: "
                            'pip install "dpplat[triton]" (or unset DPPLAT_TRITON).')
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("DPPLAT_TRITON=1 on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 "
-                           "(slow; for checking), or unset DPPLAT_TRITON.")
+        raise RuntimeError("DPPLAT_TRITON=1 on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 before "
+                           "Python starts (slow; for checking), or unset DPPLAT_TRITON.")
     return True
 
 
