@@ -7,8 +7,8 @@ hooks (flat and per-layer) and Opacus ghost clipping. Models: a 4-conv CNN
 B=256) and a small transformer encoder block (Embedding + LayerNorm + Linear
 attention/MLP, sequence 128); and a GPT-2-architecture language model from ``transformers``
 (6 layers, d = 512, 8 heads, sequence 256, a vocabulary of 8,192, B = 4, untied head), trained
-whole (``gpt2``) or through rank-8 LoRA adapters on its frozen base (``gpt2-lora``). Opacus has
-no rule for GPT-2's ``Conv1D``, so its rows there say why they do not run.
+whole (``gpt2``) or through rank-8 LoRA adapters on its frozen base (``gpt2-lora``). A method that
+cannot run a model (Opacus's ghost clipping on this loss over (B, vocabulary, T) logits) says why in its row.
 
 Time: all methods live in one process and are stepped in interleaved rounds (so
 drift in machine load hits them alike); we report medians. Memory: each method runs

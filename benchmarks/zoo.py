@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
 import platform
+import statistics
 import tempfile
 import warnings
 from pathlib import Path
@@ -76,12 +76,12 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp) / "zoo.db")
         for label, recipe in configs(args):
+            info = DATASETS[recipe.dataset]
+            params = models.info(recipe.model).parameter_count(num_classes=len(info.classes),
+                                                               in_channels=info.channels, image_size=info.size)
             for seed in seeds:
                 config = recipe if seed is None else dataclasses.replace(recipe, seed=seed)
                 result = train(config, store=store, quiet=True)
-                info = DATASETS[config.dataset]
-                params = models.info(config.model).parameter_count(num_classes=len(info.classes),
-                                                                   in_channels=info.channels, image_size=info.size)
                 key = (config.dataset, config.epsilon, config.seed)
                 if config.model == "cnn":
                     plain[key] = result.accuracy
@@ -98,6 +98,7 @@ def main(argv=None):
             accuracy, seconds = zip(*results)
             print(f"| {label} | {model} | {100 * statistics.mean(accuracy):.2f} ± {100 * statistics.stdev(accuracy):.2f}% "
                   f"| {statistics.mean(seconds):.0f} ± {statistics.stdev(seconds):.0f} |")
+
 
 if __name__ == "__main__":
     main()

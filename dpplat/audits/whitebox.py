@@ -26,8 +26,6 @@ clipped sums of the real examples before it subtracts them.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -35,7 +33,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
@@ -302,29 +299,6 @@ def train_with_canaries(config: WhiteboxConfig, seed: int, say: Callable[[str], 
                        groups[target] if target is not None else None)
 
 
-def _rank_main(rank: int, world: int, port: int, config: WhiteboxConfig, seed: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    try:
-        observed = train_with_canaries(config, seed, lambda message: None)
-        if rank == 0:
-            torch.save(asdict(observed), out)
-    finally:
-        dist.destroy_process_group()
-
-
-def train_data_parallel(config: WhiteboxConfig, seed: int, say: Callable[[str], None]) -> ObservedRun:
-    """:func:`train_with_canaries` on ``config.processes`` local processes; rank 0 observes."""
-    from dpplat.distributed import _free_port
-
-    say(f"white-box audit: training on {config.processes} processes (gloo), inject {config.inject}, seed {seed}")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "observed.pt")
-        mp.spawn(_rank_main, args=(config.processes, _free_port(), config, seed, out), nprocs=config.processes)
-        return ObservedRun(**torch.load(out, weights_only=False))
-
-
 def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Train ``runs`` times with canaries, observe every noisy update, and estimate epsilon from all the canaries.
 
@@ -337,6 +311,8 @@ def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None 
     if config.subject == "opacus":
         from dpplat.audits.whitebox_opacus import train_opacus_with_canaries as train
     else:
+        from dpplat.audits.whitebox_distributed import train_data_parallel
+
         train = train_data_parallel if config.processes > 1 else train_with_canaries
     observed = [train(config, config.seed + 1000 * i, say) for i in range(config.runs)]
     first = observed[0]

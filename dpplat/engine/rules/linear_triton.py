@@ -15,17 +15,23 @@ against the rule's PyTorch path and the per-sample loop in float32 and float64.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
 import torch
 
 
+@functools.cache
+def _installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def enabled(x: torch.Tensor) -> bool:
     """Whether the Linear rule should use these kernels for ``x``: asked for, importable, and runnable there."""
     if os.environ.get("DPPLAT_TRITON") != "1":
         return False
-    if importlib.util.find_spec("triton") is None:
+    if not _installed():  # asked on every layer's backward: the package search runs once
         raise RuntimeError("DPPLAT_TRITON=1 asks for the Triton kernels, but triton is not installed: "
                            'pip install "dpplat[triton]" (or unset DPPLAT_TRITON).')
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
