@@ -36,8 +36,19 @@ class Layer:
     params: list[tuple[str, nn.Parameter]]
     bound: float = math.inf
     clipped: bool = True  # False only under an audit's fault injection (DPModule.skip_clipping)
-    last_forward: int = -1
     pending: list = field(default_factory=list)
+
+
+class _ForwardPass:
+    """One forward pass of a :class:`DPModule`: the layers it has tapped and the rows of the first tapped input.
+
+    A fresh object each pass, not a counter: torch.compile treats a Python int it reads as a constant of the
+    graph, so a counter would make dynamo recompile on every step, while an object created inside the traced
+    forward is part of the trace. Flat clipping groups what the backward keeps by this object."""
+
+    def __init__(self) -> None:
+        self.tapped: set[str] = set()
+        self.first: tuple[int, str] | None = None  # (rows, module name)
 
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -52,8 +63,8 @@ class _ClipTap(torch.autograd.Function):
     query, key and value) sees them all together."""
 
     @staticmethod
-    def forward(ctx, layer: Layer, owner: "DPModule", forward_id: int, pairs: int, *tensors):
-        ctx.layer, ctx.owner, ctx.forward_id, ctx.pairs = layer, owner, forward_id, pairs
+    def forward(ctx, layer: Layer, owner: "DPModule", forward_pass: _ForwardPass, pairs: int, *tensors):
+        ctx.layer, ctx.owner, ctx.forward_pass, ctx.pairs = layer, owner, forward_pass, pairs
         ctx.save_for_backward(*tensors[pairs: 2 * pairs])
         outs = tuple(out.view_as(out) for out in tensors[:pairs])
         return outs[0] if pairs == 1 else outs
@@ -62,7 +73,7 @@ class _ClipTap(torch.autograd.Function):
     def backward(ctx, *grad_outs: torch.Tensor):
         xs = ctx.saved_tensors
         x, grad_out = (xs[0], grad_outs[0]) if ctx.pairs == 1 else (tuple(xs), tuple(grad_outs))
-        grads = ctx.owner._layer_backward(ctx.layer, ctx.forward_id, x, grad_out)
+        grads = ctx.owner._layer_backward(ctx.layer, ctx.forward_pass, x, grad_out)
         return (None, None, None, None, *grad_outs, *(None,) * ctx.pairs, *grads)
 
 
@@ -72,24 +83,24 @@ def _tap(module: nn.Module, outs: tuple[torch.Tensor, ...], xs: tuple[torch.Tens
     owner: DPModule = module._dpplat_owner
     if not torch.is_grad_enabled():
         return outs[0] if len(outs) == 1 else outs
-    forward_id = owner._forward_id
+    forward_pass = owner._forward_pass
     rows = xs[0].shape[0]
-    if owner._batch_rows is None:
-        owner._batch_rows = (rows, layer.name)
-    elif rows != owner._batch_rows[0]:
+    if forward_pass.first is None:
+        forward_pass.first = (rows, layer.name)
+    elif rows != forward_pass.first[0]:
         raise RuntimeError(
-            f"module '{layer.name}' got an input of {rows} rows where module '{owner._batch_rows[1]}' got "
-            f"{owner._batch_rows[0]} in the same forward pass. Per-sample clipping needs every layer's input to "
+            f"module '{layer.name}' got an input of {rows} rows where module '{forward_pass.first[1]}' got "
+            f"{forward_pass.first[0]} in the same forward pass. Per-sample clipping needs every layer's input to "
             "hold the batch in its first dimension; an input shared by the batch (such as position ids of shape "
             "(1, T)) would mix the samples' gradients. Expand it to the batch, e.g. positions.expand(batch_size, -1)."
         )
-    if layer.last_forward == forward_id:
+    if layer.name in forward_pass.tapped:
         raise RuntimeError(
             f"module '{layer.name}' ran twice in one forward pass (shared weights). Per-sample clipping needs "
             "each trainable module applied once per sample; use separate modules instead of reusing one."
         )
-    layer.last_forward = forward_id
-    return _ClipTap.apply(layer, owner, forward_id, len(outs), *outs, *xs, *(p for _, p in layer.params))
+    forward_pass.tapped.add(layer.name)
+    return _ClipTap.apply(layer, owner, forward_pass, len(outs), *outs, *xs, *(p for _, p in layer.params))
 
 
 def _tapped_forward(module: nn.Module, *args, **kwargs):
@@ -131,9 +142,7 @@ class DPModule(nn.Module):
         self.clipping = clipping
         self.loss_reduction = loss_reduction
         self.augmentation_multiplicity = 1
-        self._forward_id = 0
-        # (rows, module) of the first tapped input in the current forward: every tapped input has that many rows
-        self._batch_rows: tuple[int, str] | None = None
+        self._forward_pass = _ForwardPass()
         groups = check_module(module)
         self._layers = [
             Layer(name, sub, rule, [(n, p) for n, p in sub.named_parameters(recurse=False) if p.requires_grad])
@@ -183,11 +192,10 @@ class DPModule(nn.Module):
         return [p for layer in self._layers for _, p in layer.params]
 
     def forward(self, *args, **kwargs):
-        self._forward_id += 1
-        self._batch_rows = None
+        self._forward_pass = _ForwardPass()
         return self._module(*args, **kwargs)
 
-    def _layer_backward(self, layer: Layer, forward_id: int, x: torch.Tensor, grad_out: torch.Tensor):
+    def _layer_backward(self, layer: Layer, forward_pass: _ForwardPass, x: torch.Tensor, grad_out: torch.Tensor):
         views = self.augmentation_multiplicity
         # Under autocast (bf16/fp16) the layer's input and output gradient arrive in low precision; norms,
         # clip factors and the clipped sum are computed from them in float32, and the sum is returned in the
@@ -209,7 +217,7 @@ class DPModule(nn.Module):
         scale = rows / views if self.loss_reduction == "mean" else 1.0 / views
         ctx = RuleContext(layer.module, x, grad_out, views)
         if self.clipping == "flat":
-            layer.pending.append((forward_id, ctx, scale, layer.rule.norm_sq(ctx) * scale**2))
+            layer.pending.append((forward_pass, ctx, scale, layer.rule.norm_sq(ctx) * scale**2))
             return [None] * len(layer.params)
         grads = layer.rule.clipped_grads_per_layer(ctx, self._bound_of(layer) / scale)
         return [grads[name].mul_(scale).to(param.dtype) for name, param in layer.params]
@@ -260,14 +268,14 @@ class DPModule(nn.Module):
         gradients are results, not part of any graph."""
         if self.clipping != "flat":
             return
-        totals: dict[int, torch.Tensor] = {}
+        totals: dict[_ForwardPass, torch.Tensor] = {}
         for layer in self._layers:
-            for forward_id, _, _, norm_sq in layer.pending:
-                totals[forward_id] = totals.get(forward_id, 0) + norm_sq
-        factors = {fid: clip_factors(t, self.sensitivity) for fid, t in totals.items()}
+            for forward_pass, _, _, norm_sq in layer.pending:
+                totals[forward_pass] = totals.get(forward_pass, 0) + norm_sq
+        factors = {fp: clip_factors(t, self.sensitivity) for fp, t in totals.items()}
         for layer in self._layers:
-            for forward_id, ctx, scale, _ in layer.pending:
-                grads = layer.rule.clipped_grads(ctx, factors[forward_id] * scale)
+            for forward_pass, ctx, scale, _ in layer.pending:
+                grads = layer.rule.clipped_grads(ctx, factors[forward_pass] * scale)
                 for name, param in layer.params:
                     g = grads[name]
                     param.grad = g.clone() if param.grad is None else param.grad + g
