@@ -82,8 +82,26 @@ class CausalLM(nn.Module):
             add_lora(self.lm, rank=lora_rank)
 
     def forward(self, ids):
-        positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
-        return self.lm(input_ids=ids, position_ids=positions).logits.transpose(1, 2)
+        # contiguous: Opacus's embedding norms .view() their input ids
+        positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1).contiguous()
+        return self.lm(input_ids=ids.contiguous(), position_ids=positions).logits.transpose(1, 2)
+
+
+class SequenceCrossEntropy(nn.Module):
+    """Cross-entropy over (B, vocab, T) logits in which each sequence is one example.
+
+    ``reduction="none"`` gives each sequence's token mean, one loss per example: the shape Opacus's ghost clipping
+    asks of the criterion it wraps. ``"mean"`` averages those (the token mean, all sequences being one length)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduction = "mean"
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        per_sequence = F.cross_entropy(logits, targets, reduction="none").mean(dim=1)
+        if self.reduction == "none":
+            return per_sequence
+        return per_sequence.mean() if self.reduction == "mean" else per_sequence.sum()
 
 
 def build(name: str):
@@ -118,7 +136,7 @@ def make_method(method: str, model_name: str, device: str):
     model, x, y = model.to(device), x.to(device), y.to(device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=len(x))
-    criterion = nn.CrossEntropyLoss()
+    criterion = SequenceCrossEntropy() if model_name.startswith("gpt2") else nn.CrossEntropyLoss()
     sigma, C = 1.0, 1.0
     compiled = method.endswith(" (compiled)")
     method = method.removesuffix(" (compiled)")
