@@ -44,6 +44,18 @@ def gdp_epsilon(mu: float, delta: float) -> float:
     return float(optimize.brentq(lambda e: gdp_delta(mu, e) - delta, 0.0, hi, xtol=1e-10))
 
 
+def gdp_mu(epsilon: float, delta: float) -> float:
+    """The mu of the Gaussian DP curve that gives ``epsilon`` at ``delta``: a claim read as mu-GDP."""
+    if not epsilon > 0:
+        return 0.0
+    if not math.isfinite(epsilon):
+        return math.inf
+    hi = 1.0
+    while gdp_epsilon(hi, delta) < epsilon:
+        hi *= 2
+    return float(optimize.brentq(lambda mu: gdp_epsilon(mu, delta) - epsilon, 1e-9, hi, xtol=1e-9))
+
+
 @dataclass(frozen=True)
 class GdpFit:
     """The fitted mu and its epsilon at delta (model-based: it assumes the Gaussian trade-off curve)."""
@@ -88,22 +100,30 @@ def one_run_bound(scores: np.ndarray, included: np.ndarray, delta: float, confid
     For each fraction f, the auditor guesses on f m canaries: "in" for the f m / 2 highest scores and
     "out" for the f m / 2 lowest. Each count is judged at confidence ``1 - (1 - confidence) / len(fractions)``.
     """
+    m = len(scores)
+    each = 1 - (1 - confidence) / len(fractions)
+    best = OneRunBound(0.0, m, 0, 0, confidence, delta)
+    for guesses, correct in top_and_bottom_guesses(scores, included, fractions):
+        bound = one_run_lower_bound(m, guesses, correct, delta, each)
+        if bound > best.lower_bound:
+            best = OneRunBound(bound, m, guesses, correct, confidence, delta)
+    return best
+
+
+def top_and_bottom_guesses(scores: np.ndarray, included: np.ndarray,
+                           fractions: tuple[float, ...]) -> list[tuple[int, int]]:
+    """(guesses, correct) for each fraction f: "in" for the f m / 2 highest scores, "out" for the f m / 2 lowest."""
     scores, included = np.asarray(scores, np.float64), np.asarray(included, bool)
     m = len(scores)
     if m < 2 or len(included) != m:
         raise ValueError(f"need at least 2 canaries with one inclusion flag each, got {m} scores and "
                          f"{len(included)} flags.")
     order = np.argsort(scores, kind="stable")
-    each = 1 - (1 - confidence) / len(fractions)
-    best = OneRunBound(0.0, m, 0, 0, confidence, delta)
+    counts = []
     for f in fractions:
-        half = max(1, int(f * m) // 2)
-        half = min(half, m // 2)
-        correct = int(included[order[-half:]].sum() + (~included[order[:half]]).sum())
-        bound = one_run_lower_bound(m, 2 * half, correct, delta, each)
-        if bound > best.lower_bound:
-            best = OneRunBound(bound, m, 2 * half, correct, confidence, delta)
-    return best
+        half = min(max(1, int(f * m) // 2), m // 2)
+        counts.append((2 * half, int(included[order[-half:]].sum() + (~included[order[:half]]).sum())))
+    return counts
 
 
 def likelihood_ratio_scores(projections: np.ndarray, noise_multiplier: float, sample_rate: float, *,

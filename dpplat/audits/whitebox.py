@@ -13,8 +13,9 @@ examples' clipped sum of each step. DP-SGD's guarantee for a canary holds whatev
 examples contribute, so the observer subtracts it (else the real gradients, projected on a canary's
 direction, would swamp the signal) and projects the rest on each canary's direction, in units of
 the noise's standard deviation; the likelihood ratio of those projections given the claimed sigma
-and q scores each canary. The scores give the one-run
-bound, the Bayesian interval on its guesses and a mu-GDP fit (:mod:`dpplat.audits.canary_estimates`).
+and q scores each canary. The scores give Steinke et al.'s one-run bound, its f-DP reading over Gaussian curves
+(Mahloujifar et al. 2024, :mod:`dpplat.audits.one_run_fdp`), the Bayesian interval on its guesses and a mu-GDP fit
+(:mod:`dpplat.audits.canary_estimates`).
 
 Fault injection proves the audit's power: ``half-noise`` draws the noise at sigma / 2 and
 ``no-clip-one-layer`` skips clipping in one group, while the accountant is told the correct settings.
@@ -26,6 +27,7 @@ clipped sums of the real examples before it subtracts them.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -37,7 +39,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from dpplat import data as datasets
-from dpplat.audits.canary_estimates import gdp_fit, likelihood_ratio_scores, measured_scales, one_run_bound
+from dpplat.audits.canary_estimates import gdp_fit, gdp_mu, likelihood_ratio_scores, measured_scales, one_run_bound
+from dpplat.audits.one_run_fdp import fdp_one_run_bound
 from dpplat.audits.estimate import estimate_epsilon
 from dpplat.config_checks import check_choice, check_range, check_types
 from dpplat.engine import accounting
@@ -162,11 +165,17 @@ NOISE_FLOOR, SHIFT_CEILING = 0.8, 1.25  # measured / claimed ratios beyond which
 
 
 def _verdict(claimed: float, bound: float, bayes_bound: float, model_based: float, noise: float,
-             shift: float, shift_error: float) -> tuple[str, bool]:
-    """The audit's conclusion in words, and whether it contradicts the claim."""
+             shift: float, shift_error: float, fdp_mu: float = 0.0, claimed_mu: float = math.inf) -> tuple[str, bool]:
+    """The audit's conclusion in words, and whether it contradicts the claim.
+
+    The f-DP bound compares with the claim read as mu-GDP (the Gaussian curve with the claimed epsilon at delta).
+    DP-SGD's composed curve lies close to a Gaussian one and, away from its tail, above the curve matched at a small
+    delta, so refuting that mu is evidence against the claim."""
     problems = []
     if bound > claimed:
         problems.append(f"the one-run 95% lower bound ({bound:.3f}) exceeds it")
+    if fdp_mu > claimed_mu:
+        problems.append(f"the one-run f-DP 95% bound refutes it read as mu-GDP (mu {fdp_mu:.3f} > {claimed_mu:.3f})")
     if bayes_bound > claimed:
         problems.append(f"the Bayesian 95% lower bound ({bayes_bound:.3f}) exceeds it")
     if noise < NOISE_FLOOR:
@@ -326,6 +335,7 @@ def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None 
                                 shift_scale=max(a, 1e-3)) for o, (n, a, _) in zip(observed, scales)])
     included = np.concatenate([o.included for o in observed])
     bound = one_run_bound(scores, included, config.delta, config.confidence)
+    fdp_bound = fdp_one_run_bound(scores, included, config.delta, config.confidence)
     fit = gdp_fit(scores[included], scores[~included], config.delta)
     order = np.argsort(scores, kind="stable")
     half = bound.guesses // 2 or max(1, len(scores) // 20)
@@ -335,8 +345,9 @@ def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None 
     negatives = 2 * half - positives
     bayes = estimate_epsilon(fp, fn, max(negatives, 1), max(positives, 1), config.delta, config.confidence,
                              method="bayes")
+    claimed_mu = gdp_mu(claimed, config.delta)
     verdict, exceeds = _verdict(claimed, bound.lower_bound, bayes.lower_bound, fit.epsilon, noise_scale, shift_scale,
-                                shift_error)
+                                shift_error, fdp_bound.mu, claimed_mu)
     histogram_edges = np.histogram_bin_edges(scores, bins=40)
     return {
         "config": asdict(config),
@@ -346,6 +357,7 @@ def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None 
         "accounted_size": first.dataset_size + int(first.included.sum()),
         "subject": config.subject, "clipping_groups": first.clipping_groups, "inject": config.inject, "inject_group": first.inject_group,
         "lower_bound": bound.lower_bound, "one_run": bound.as_dict(),
+        "one_run_fdp": fdp_bound.as_dict(), "claimed_mu": claimed_mu,
         "bayes": {"low": bayes.low, "high": bayes.high, "lower_bound": bayes.lower_bound,
                   "counts": {"fp": fp, "fn": fn, "negatives": negatives, "positives": positives}},
         "gdp_mu": fit.mu, "gdp_epsilon": fit.epsilon,
@@ -360,6 +372,15 @@ def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None 
     }
 
 
+def _fdp_line(results: dict) -> list[str]:
+    """The f-DP one-run bound, beside the claim read as mu-GDP (audits stored before it existed have none)."""
+    fdp = results.get("one_run_fdp")
+    if fdp is None:
+        return []
+    return [f"  one-run f-DP bound (95%, Gaussian curves):  mu {fdp['mu']:.3f}, epsilon {fdp['epsilon']:.3f}   "
+            f"(the claim as mu-GDP: mu {results['claimed_mu']:.3f}; {fdp['correct']} of {fdp['guesses']} right)"]
+
+
 def format_whitebox(results: dict) -> str:
     """The audit's report: the three estimates beside the accountant's epsilon, and the verdict."""
     b = results["bayes"]
@@ -372,6 +393,7 @@ def format_whitebox(results: dict) -> str:
         f"  one-run lower bound (95%, non-parametric):  {results['lower_bound']:.3f}   "
         f"({results['one_run']['correct']} of {results['one_run']['guesses']} guesses right)",
         f"  Bayesian interval on those guesses:         [{b['low']:.3f}, {b['high']:.3f}]",
+        *_fdp_line(results),
         f"  mu-GDP fit (model-based):                    mu {results['gdp_mu']:.3f}, "
         f"epsilon {results['gdp_epsilon']:.3f}",
         f"  measured against the claim: noise {results['measured_noise']:.2f} x sigma C, a canary's clipped "

@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from dpplat.audits.canary_estimates import (gdp_delta, gdp_epsilon, gdp_fit, likelihood_ratio_scores, measured_scales,
-                                            one_run_bound)
+from dpplat.audits.canary_estimates import (gdp_delta, gdp_epsilon, gdp_fit, gdp_mu, likelihood_ratio_scores,
+                                            measured_scales, one_run_bound)
+from dpplat.audits.one_run_fdp import fdp_one_run_bound, mu_lower_bound, refutes
 
 
 def gaussian_game(mu, m, seed):
@@ -80,3 +81,35 @@ def test_measured_scales_read_the_noise_and_the_shift_without_the_inclusions():
         measured_noise, measured_shift, error = measured_scales(x, sigma, q)
         assert measured_noise == pytest.approx(noise, rel=0.05)
         assert abs(measured_shift - shift) < 4 * error and error < 0.2
+
+
+def test_the_fdp_one_run_bound_stays_below_the_truth_and_is_tighter_than_steinkes():
+    """On an exactly mu-GDP game the f-DP bound refutes the true mu in at most 2 of 40 seeds (95% each, split over
+    the guess counts), and it reads more of the same guesses than the (epsilon, delta) bound: a higher epsilon."""
+    mu, delta = 2.0, 1e-5
+    fdp, steinke = [], []
+    for seed in range(40):
+        scores, included = gaussian_game(mu, 2_000, seed)
+        fdp.append(fdp_one_run_bound(scores, included, delta))
+        steinke.append(one_run_bound(scores, included, delta).lower_bound)
+    assert sum(b.mu > mu for b in fdp) <= 2
+    assert all(b.epsilon == pytest.approx(gdp_epsilon(b.mu, delta)) for b in fdp)
+    assert np.median([b.epsilon for b in fdp]) > 1.2 * np.median(steinke)
+    assert np.median([b.mu for b in fdp]) > 0.4 * mu
+
+
+def test_without_signal_the_fdp_bound_is_near_zero_and_refutation_is_monotone_in_mu():
+    bounds = [fdp_one_run_bound(*gaussian_game(0.0, 2_000, seed), 1e-5).mu for seed in range(10)]
+    assert max(bounds) < 0.2
+    m, guesses, correct = 1000, 200, 170
+    mu = mu_lower_bound(m, guesses, correct)
+    assert 0 < mu < 5
+    assert refutes(0.9 * mu, m, guesses, correct) and not refutes(1.1 * mu, m, guesses, correct)
+    assert not refutes(0.0, m, guesses, guesses // 2)  # chance-level guesses refute nothing
+    with pytest.raises(ValueError, match="need 0 <= correct <= guesses <= m"):
+        refutes(1.0, 10, 20, 5)
+
+
+def test_the_claim_read_as_mu_gdp_gives_back_its_epsilon():
+    for eps in (0.5, 2.0, 8.0):
+        assert gdp_epsilon(gdp_mu(eps, 1e-5), 1e-5) == pytest.approx(eps, rel=1e-6)

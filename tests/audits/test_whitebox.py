@@ -21,6 +21,9 @@ def test_a_correct_training_passes_with_a_model_based_estimate_near_its_epsilon(
     assert not correct["exceeds_claim"] and correct["verdict"].startswith(("PASS", "SUSPECT"))
     assert correct["lower_bound"] < correct["claimed_epsilon"]
     assert correct["lower_bound"] > 0.2  # the audit sees the canaries: not a vacuous bound
+    fdp = correct["one_run_fdp"]  # the f-DP reading of the guesses: tighter, still below the claim
+    assert correct["lower_bound"] < fdp["epsilon"] < correct["claimed_epsilon"]
+    assert fdp["mu"] < correct["claimed_mu"]
     assert correct["gdp_epsilon"] == pytest.approx(correct["claimed_epsilon"], rel=0.25)
     assert correct["measured_noise"] == pytest.approx(1.0, abs=0.05)
     assert correct["measured_canary_shift"] == pytest.approx(1.0, abs=0.15)
@@ -32,6 +35,8 @@ def test_half_the_noise_fails_loudly(correct):
     assert faulty["exceeds_claim"] and faulty["verdict"].startswith("FAIL")
     assert faulty["claimed_epsilon"] == pytest.approx(correct["claimed_epsilon"])  # the accountant is told sigma
     assert faulty["bayes"]["lower_bound"] > faulty["claimed_epsilon"]
+    assert faulty["one_run_fdp"]["epsilon"] > faulty["claimed_epsilon"]  # one run's guesses refute the claim
+    assert "f-DP 95% bound refutes it" in faulty["verdict"]
     assert faulty["measured_noise"] == pytest.approx(0.5, abs=0.05)
     assert faulty["gdp_epsilon"] > 1.5 * faulty["claimed_epsilon"]
 

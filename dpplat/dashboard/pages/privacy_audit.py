@@ -27,11 +27,15 @@ def whitebox_section(audits: list[dict]) -> None:
     audit = st.selectbox("White-box audit", audits[::-1], format_func=label)
     r = audit["results"]
     (st.error if r["exceeds_claim"] else st.success)(r["verdict"])
-    cols = st.columns(4)
+    fdp = r.get("one_run_fdp")  # audits stored before the f-DP bound existed have none
+    cols = st.columns(5 if fdp else 4)
     cols[0].metric("accountant's epsilon", f"{r['claimed_epsilon']:.3f}")
     cols[1].metric("one-run lower bound (95%)", f"{r['lower_bound']:.3f}")
     cols[2].metric("Bayesian lower bound (95%)", f"{r['bayes']['lower_bound']:.3f}")
     cols[3].metric("model-based (mu-GDP) epsilon", f"{r['gdp_epsilon']:.3f}")
+    if fdp:
+        cols[4].metric("one-run f-DP bound (95%, Gaussian curves)", f"{fdp['epsilon']:.3f}",
+                       help=f"mu >= {fdp['mu']:.3f}; the claim read as mu-GDP is mu {r['claimed_mu']:.3f}")
     st.caption(f"{r['canaries']} canaries ({r['included']} included), {r['steps']} steps, sigma "
                f"{r['noise_multiplier']:.3f}, q {r['sample_rate']:.4g}, delta {r['delta']:g}; measured noise "
                f"{r['measured_noise']:.2f} x claimed, canary contribution {r['measured_canary_shift']:.2f} x C. "
