@@ -24,6 +24,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from dpplat.audits.canary_estimates import GUESS_FRACTIONS, gdp_epsilon, top_and_bottom_guesses
+
 _NORMAL = NormalDist()
 _TINY = 1e-300
 
@@ -95,8 +97,6 @@ def fdp_one_run_bound(scores: np.ndarray, included: np.ndarray, delta: float, co
                       fractions: tuple[float, ...] | None = None) -> FdpOneRunBound:
     """The f-DP one-run bound with abstention over the same guess counts as :func:`one_run_bound`, with the
     confidence split over them (a union bound), so the best of them is still a bound at ``confidence``."""
-    from dpplat.audits.canary_estimates import GUESS_FRACTIONS, gdp_epsilon, top_and_bottom_guesses
-
     fractions = fractions or GUESS_FRACTIONS
     each = 1 - (1 - confidence) / len(fractions)
     m = len(scores)
