@@ -183,7 +183,8 @@ def _audit_whitebox(args: argparse.Namespace) -> int:
     import json
 
     from dpplat.audits.plans import run_and_store_whitebox
-    from dpplat.audits.whitebox import WhiteboxConfig, format_whitebox
+    from dpplat.audits.whitebox import WhiteboxConfig
+    from dpplat.audits.whitebox_report import format_whitebox
     from dpplat.interrupts import graceful_stop
     from dpplat.store import RunStore
 
@@ -200,9 +201,11 @@ def _audit_whitebox(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return stop.exit_code
     if args.json:
-        keys = ("claimed_epsilon", "lower_bound", "gdp_epsilon", "gdp_mu", "canaries", "included", "steps", "runs",
-                "noise_multiplier", "sample_rate", "inject", "exceeds_claim", "verdict")
+        keys = ("claimed_epsilon", "lower_bound", "gdp_epsilon", "gdp_mu", "claimed_mu", "measured_sigma",
+                "measured_mechanism_epsilon", "canaries", "included", "steps", "runs", "noise_multiplier",
+                "sample_rate", "inject", "exceeds_claim", "verdict")
         print(json.dumps({**{k: results[k] for k in keys}, "bayes_lower_bound": results["bayes"]["lower_bound"],
+                          "fdp_mu": results["one_run_fdp"]["mu"], "fdp_epsilon": results["one_run_fdp"]["epsilon"],
                           "audit_id": audit_id, "store": str(store.path.resolve())}))
     else:
         print(format_whitebox(results))

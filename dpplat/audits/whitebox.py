@@ -346,6 +346,9 @@ def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None 
     bayes = estimate_epsilon(fp, fn, max(negatives, 1), max(positives, 1), config.delta, config.confidence,
                              method="bayes")
     claimed_mu = gdp_mu(claimed, config.delta)
+    measured_sigma = first.noise_multiplier * noise_scale / max(shift_scale, 1e-3)
+    measured_epsilon = accounting.epsilon_of(accounting.make_accountant(config.accountant), config.delta,
+                                             [(measured_sigma, first.sample_rate, config.steps)])
     verdict, exceeds = _verdict(claimed, bound.lower_bound, bayes.lower_bound, fit.epsilon, noise_scale, shift_scale,
                                 shift_error, fdp_bound.mu, claimed_mu)
     histogram_edges = np.histogram_bin_edges(scores, bins=40)
@@ -361,6 +364,7 @@ def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None 
         "bayes": {"low": bayes.low, "high": bayes.high, "lower_bound": bayes.lower_bound,
                   "counts": {"fp": fp, "fn": fn, "negatives": negatives, "positives": positives}},
         "gdp_mu": fit.mu, "gdp_epsilon": fit.epsilon,
+        "measured_sigma": measured_sigma, "measured_mechanism_epsilon": measured_epsilon,
         "measured_noise": noise_scale, "measured_canary_shift": shift_scale, "canary_shift_error": shift_error,
         "histogram": {"edges": histogram_edges.tolist(),
                       "in": np.histogram(scores[included], bins=histogram_edges)[0].tolist(),
@@ -370,35 +374,3 @@ def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None 
                             "N grows by the included canaries and the accountant's epsilon covers each of them."),
         "seconds": time.time() - started,
     }
-
-
-def _fdp_line(results: dict) -> list[str]:
-    """The f-DP one-run bound, beside the claim read as mu-GDP (audits stored before it existed have none)."""
-    fdp = results.get("one_run_fdp")
-    if fdp is None:
-        return []
-    return [f"  one-run f-DP bound (95%, Gaussian curves):  mu {fdp['mu']:.3f}, epsilon {fdp['epsilon']:.3f}   "
-            f"(the claim as mu-GDP: mu {results['claimed_mu']:.3f}; {fdp['correct']} of {fdp['guesses']} right)"]
-
-
-def format_whitebox(results: dict) -> str:
-    """The audit's report: the three estimates beside the accountant's epsilon, and the verdict."""
-    b = results["bayes"]
-    lines = [
-        f"White-box audit: {results['canaries']} gradient canaries ({results['included']} included), "
-        f"{results['runs']} run(s) of {results['steps']} steps, sigma {results['noise_multiplier']:.3f}, q {results['sample_rate']:.4g}, "
-        f"delta {results['delta']:g}, {results.get('subject', 'dpplat')}'s DP-SGD, inject {results['inject']}"
-        + (f" (group {results['inject_group']})" if results["inject_group"] else ""),
-        f"  accountant's epsilon (the claim):           {results['claimed_epsilon']:.3f}",
-        f"  one-run lower bound (95%, non-parametric):  {results['lower_bound']:.3f}   "
-        f"({results['one_run']['correct']} of {results['one_run']['guesses']} guesses right)",
-        f"  Bayesian interval on those guesses:         [{b['low']:.3f}, {b['high']:.3f}]",
-        *_fdp_line(results),
-        f"  mu-GDP fit (model-based):                    mu {results['gdp_mu']:.3f}, "
-        f"epsilon {results['gdp_epsilon']:.3f}",
-        f"  measured against the claim: noise {results['measured_noise']:.2f} x sigma C, a canary's clipped "
-        f"contribution {results['measured_canary_shift']:.2f} x C",
-        results["verdict"],
-        results["accounting_note"],
-    ]
-    return "\n".join(lines)

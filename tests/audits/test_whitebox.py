@@ -25,6 +25,8 @@ def test_a_correct_training_passes_with_a_model_based_estimate_near_its_epsilon(
     assert correct["lower_bound"] < fdp["epsilon"] < correct["claimed_epsilon"]
     assert fdp["mu"] < correct["claimed_mu"]
     assert correct["gdp_epsilon"] == pytest.approx(correct["claimed_epsilon"], rel=0.25)
+    # the accountant on the measured noise and canary shift: the run's mechanism, within 15% of the claim
+    assert correct["measured_mechanism_epsilon"] == pytest.approx(correct["claimed_epsilon"], rel=0.15)
     assert correct["measured_noise"] == pytest.approx(1.0, abs=0.05)
     assert correct["measured_canary_shift"] == pytest.approx(1.0, abs=0.15)
     assert correct["accounted_size"] == 2000 + correct["included"]  # canaries are examples
@@ -39,6 +41,8 @@ def test_half_the_noise_fails_loudly(correct):
     assert "f-DP 95% bound refutes it" in faulty["verdict"]
     assert faulty["measured_noise"] == pytest.approx(0.5, abs=0.05)
     assert faulty["gdp_epsilon"] > 1.5 * faulty["claimed_epsilon"]
+    assert faulty["measured_sigma"] == pytest.approx(faulty["noise_multiplier"] / 2, rel=0.1)
+    assert faulty["measured_mechanism_epsilon"] > 2 * faulty["claimed_epsilon"]
 
 
 def test_an_unclipped_layer_fails_loudly_through_the_oversized_canaries():

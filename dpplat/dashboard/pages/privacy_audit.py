@@ -38,8 +38,10 @@ def whitebox_section(audits: list[dict]) -> None:
                        help=f"mu >= {fdp['mu']:.3f}; the claim read as mu-GDP is mu {r['claimed_mu']:.3f}")
     st.caption(f"{r['canaries']} canaries ({r['included']} included), {r['steps']} steps, sigma "
                f"{r['noise_multiplier']:.3f}, q {r['sample_rate']:.4g}, delta {r['delta']:g}; measured noise "
-               f"{r['measured_noise']:.2f} x claimed, canary contribution {r['measured_canary_shift']:.2f} x C. "
-               + r["accounting_note"])
+               f"{r['measured_noise']:.2f} x claimed, canary contribution {r['measured_canary_shift']:.2f} x C"
+               + (f"; the accountant on that measured mechanism (sigma {r['measured_sigma']:.3f}) gives epsilon "
+                  f"{r['measured_mechanism_epsilon']:.3f}" if "measured_mechanism_epsilon" in r else "")
+               + ". " + r["accounting_note"])
     h = r["histogram"]
     edges = h["edges"]
     rows = [{"score": (edges[i] + edges[i + 1]) / 2, "canaries": count, "group": group}
