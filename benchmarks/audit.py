@@ -1,6 +1,6 @@
 """Audit benchmarks: (1) Bayesian vs Clopper–Pearson interval time and width across count sizes;
-(2) the MNIST audit table at epsilon 1, 8 and infinity, empirical interval next to the claim, with mislabelled and
-crafted canaries side by side;
+(2) the MNIST audit table at epsilon 1, 8 and infinity, empirical interval next to the claim, with mislabelled,
+crafted (noise) and clipbkd (least-variance) canaries side by side;
 (3) the white-box gradient-canary audit at epsilon 1, 2 and 8, correct and with injected faults (noise-per-rank
 trains on two processes);
 (4) the same audit of dpplat's and Opacus's DP-SGD side by side (flat clipping).
@@ -118,7 +118,7 @@ def main(argv=None):
     parser.add_argument("--only", choices=["intervals", "mia", "whitebox", "subjects"], help="run one table")
     parser.add_argument("--models", type=int)
     parser.add_argument("--challenges", type=int)
-    parser.add_argument("--canaries", nargs="+", default=["mislabeled", "crafted"],
+    parser.add_argument("--canaries", nargs="+", default=["mislabeled", "crafted", "clipbkd"],
                         help="membership audits: the canary kinds compared side by side")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 2], help="white-box seeds")
     parser.add_argument("--subset", type=int, default=None, help="white-box: MNIST training examples")

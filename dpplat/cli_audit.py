@@ -50,9 +50,10 @@ def add_audit_parser(sub) -> None:
                                                           "the run's)")
     m.add_argument("--attack", choices=["loss", "confidence", "lira-offline", "lira-online"], default=None,
                    help="membership score whose guesses are counted")
-    m.add_argument("--canary", choices=["mislabeled", "natural", "crafted"], default=None,
-                   help="canaries: training examples with a wrong label, held-out examples as they are, or crafted "
-                        "out-of-distribution noise images with random labels")
+    m.add_argument("--canary", choices=["mislabeled", "natural", "crafted", "clipbkd"], default=None,
+                   help="canaries: training examples with a wrong label, held-out examples as they are, crafted "
+                        "out-of-distribution noise images, or clipbkd images along the data's directions of least "
+                        "variance (Jagielski et al. 2020), both with random labels")
     m.add_argument("--backend", choices=["local", "ray"], default=None, help="where the models train: a local "
                                                                               "process pool or Ray")
     m.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")

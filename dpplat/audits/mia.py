@@ -34,7 +34,9 @@ from dpplat.config_checks import check_choice, check_range, check_types
 from dpplat.data import canonical_dataset, check_dataset_name, dataset_info
 from dpplat.training import TrainConfig
 
-CANARIES = ("mislabeled", "natural", "crafted")  # crafted: out-of-distribution noise images (crafted_images)
+# crafted: out-of-distribution noise images (crafted_images); clipbkd: images along the data's directions of least
+# variance (clipbkd_images)
+CANARIES = ("mislabeled", "natural", "crafted", "clipbkd")
 INDEPENDENCE_NOTE = (
     "Guesses from all canaries of all models are pooled as if independent (the heuristic of "
     "Zanella-Béguelin et al. 2023); canaries of one model share its training run, so the interval "
@@ -120,6 +122,39 @@ def crafted_images(x, count: int, seed: int):
     return low + (high - low) * torch.rand((count, *x.shape[1:]), generator=generator)
 
 
+def clipbkd_images(x, count: int, seed: int, sample: int = 10_000):
+    """Adversarially crafted canaries (Jagielski, Ullman & Oprea 2020's ClipBKD): the data's mean plus one of its
+    ``count`` directions of least variance each, as long as a typical image is far from the mean.
+
+    Real images barely move along those directions, so a canary's gradient points where no real example's does:
+    the clipped and noised update carries it almost alone, the worst case a final-model audit can build without
+    training on purpose-made gradients. The directions come from an SVD of up to ``sample`` training images drawn
+    with ``seed``, so every model of the game sees the same canaries.
+    """
+    import torch
+
+    flat = x.reshape(len(x), -1).double()
+    if count > flat.shape[1]:
+        raise ValueError(f"clipbkd canaries take one direction each: {count} challenges exceed the "
+                         f"{flat.shape[1]} dimensions of an image; use at most {flat.shape[1]} challenges.")
+    rows = torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:sample]
+    mean = flat[rows].mean(0)
+    centred = flat[rows] - mean
+    _, _, vh = torch.linalg.svd(centred, full_matrices=True)
+    directions = vh[-count:].flip(0)  # least variance first
+    length = centred.norm(dim=1).median()
+    return (mean + length * directions).to(x.dtype).reshape(count, *x.shape[1:])
+
+
+def canary_images(x, challenge_idx, canary: str, count: int, seed: int):
+    """The game's canary images: training images (mislabelled or natural), or images made for the audit."""
+    if canary == "crafted":
+        return crafted_images(x, count, seed)
+    if canary == "clipbkd":
+        return clipbkd_images(x, count, seed)
+    return x[challenge_idx]
+
+
 def train_and_score(job: dict) -> str:
     """One model of the game: train on base + included canaries, score every canary; writes an .npz."""
     import torch
@@ -133,7 +168,8 @@ def train_and_score(job: dict) -> str:
     warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")  # Opacus's RDP hint
     full = load_dataset(job["dataset"], "train", data_dir=job["data_dir"])
     x, y = full.tensors
-    canary_x = x[job["challenge_idx"]] if job.get("crafted") is None else crafted_images(x, **job["crafted"])
+    canary_x = canary_images(x, job["challenge_idx"], job.get("canary", "mislabeled"), len(job["challenge_idx"]),
+                             job.get("canary_seed", 0))
     canary_y = torch.as_tensor(job["challenge_labels"])
     included = torch.as_tensor(job["mask"], dtype=torch.bool)
     train_x = torch.cat([x[job["base_idx"]], canary_x[included]])
@@ -208,7 +244,7 @@ def run_mia(config: MIAConfig, workdir: str | Path, *, progress=None) -> dict:
     base_idx = order[: config.base_size]
     challenge_idx = order[config.base_size : config.base_size + config.challenges]
     challenge_labels = labels[challenge_idx].copy()
-    if config.canary in ("mislabeled", "crafted"):  # a crafted image gets a random label too
+    if config.canary in ("mislabeled", "crafted", "clipbkd"):  # an image made for the audit gets a random label too
         classes = len(dataset_info(config.dataset, config.data_dir).classes)
         challenge_labels = (challenge_labels + rng.integers(1, classes, len(challenge_labels))) % classes
     members = rng.random((config.models, config.challenges)) < 0.5
@@ -223,8 +259,7 @@ def run_mia(config: MIAConfig, workdir: str | Path, *, progress=None) -> dict:
                          "challenge_idx": challenge_idx.tolist(), "challenge_labels": challenge_labels.tolist(),
                          "mask": members[j].tolist(), "train": train_dict, "private": config.private,
                          "seed": config.seed * 100_003 + j, "out": str(out),
-                         "crafted": {"count": config.challenges, "seed": config.seed + 7}
-                         if config.canary == "crafted" else None})
+                         "canary": config.canary, "canary_seed": config.seed + 7})
     if progress:
         progress(f"training {len(jobs)} of {config.models} models ({config.models - len(jobs)} already done)")
     make_backend(config.backend, workers=config.workers).map(train_and_score, jobs)

@@ -128,3 +128,24 @@ def test_crafted_canaries_are_the_same_images_in_every_model_and_a_non_private_m
     assert a.min() >= x.min() and a.max() <= x.max()
     leaky = run_mia(tiny(math.inf, canary="crafted"), tmp_path / "crafted")
     assert leaky["canary"] == "crafted" and leaky["bayes"]["lower_bound"] > 0.5
+
+
+def test_clipbkd_canaries_lie_along_the_datas_least_variance_directions_and_a_non_private_model_memorises_them(
+        tmp_path):
+    from dpplat.audits.mia import clipbkd_images
+    from dpplat.data import load_dataset
+
+    x = load_dataset("mnist", "train", subset=2000).tensors[0]
+    canaries = clipbkd_images(x, count=8, seed=3)
+    assert canaries.shape == (8, 1, 28, 28) and torch.equal(canaries, clipbkd_images(x, count=8, seed=3))
+    flat = x.reshape(len(x), -1).double()
+    offsets = canaries.reshape(8, -1).double() - flat.mean(0)
+    directions = offsets / offsets.norm(dim=1, keepdim=True)
+    spread = ((flat - flat.mean(0)) @ directions.T).std(0)  # how far real images move along each canary
+    random = torch.nn.functional.normalize(torch.randn(8, flat.shape[1], dtype=torch.float64), dim=1)
+    assert spread.max() < 0.05 * ((flat - flat.mean(0)) @ random.T).std(0).min()
+    assert torch.allclose(offsets.norm(dim=1), (flat - flat.mean(0)).norm(dim=1).median().expand(8), rtol=0.02)
+    with pytest.raises(ValueError, match="785 challenges exceed the 784 dimensions"):
+        clipbkd_images(x, count=785, seed=3)
+    leaky = run_mia(tiny(math.inf, canary="clipbkd"), tmp_path / "clipbkd")
+    assert leaky["canary"] == "clipbkd" and leaky["bayes"]["lower_bound"] > 0.5
