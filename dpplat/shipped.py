@@ -89,7 +89,7 @@ def format_recipes() -> str:
         acc = f"{r['test_accuracy']:.2%}" if "test_accuracy" in r else "-"
         spent = f"{r['epsilon_spent']:.3g}" if "epsilon_spent" in r else "-"
         seconds = f"{r['wall_time_s']:.0f}s" if "wall_time_s" in r else "-"
-        on = f"[{machines.index(machine) + 1}]" if machine else ""
+        on = f"[{machines.index(machine) + 1}]" if machine else "not measured yet"
         lines.append(f"{recipe.name:<44}{s.get('dataset', '-'):<15}{s.get('model', '-'):<18}"
                      f"{s.get('epsilon', '-'):>8}{acc:>10}{spent:>7}{seconds:>8}  {on}")
     lines += ["", "Measured on:"] + [f"  [{i + 1}] {m}" for i, m in enumerate(machines)]

@@ -176,9 +176,9 @@ def test_steerable_lifting_is_nearly_equivariant_to_45_degree_turns():
 
 @pytest.mark.parametrize("name", ["d4-resnet9", "c4-resnet9", "c8-resnet9"])
 def test_resnet_norms_keep_each_fields_mean_per_image(name):
-    """The invariant head pools each field's mean over orientations and pixels. A GroupNorm group of
-    one field sets that mean to zero for every image (with d4-resnet9's first stage normalised that
-    way, the network did not learn CIFAR-10), so every norm layer must leave it varying between images."""
+    """A GroupNorm group of one field sets that field's mean over orientations and pixels to zero for every image,
+    which throws away what the field saw. The paper's rule for the groups keeps more than 3 fields in each, or puts
+    all fields in one group, so every norm layer leaves each field's mean varying between images."""
     torch.manual_seed(0)
     net = models.create(name, num_classes=10, in_channels=3, image_size=32)
     spreads = []

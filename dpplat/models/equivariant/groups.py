@@ -80,10 +80,11 @@ class PixelGroup:
 
 C2 = PixelGroup("C2", 2, False)  # the half turn: what a head that keeps orientation may still pool over
 C4 = PixelGroup("C4", 4, False)
+D2 = PixelGroup("D2", 2, True)  # the half turn and the flips: D4's subgroup for the ResNet-9's last stage
 D4 = PixelGroup("D4", 4, True)
 C8 = PixelGroup("C8", 8, False)
 D8 = PixelGroup("D8", 8, True)
-GROUPS = {g.name: g for g in (C2, C4, D4, C8, D8)}
+GROUPS = {g.name: g for g in (C2, C4, D2, D4, C8, D8)}
 
 
 def get_group(name: str) -> PixelGroup:
