@@ -79,10 +79,10 @@ def gdp_fit(in_scores: np.ndarray, out_scores: np.ndarray, delta: float) -> GdpF
 
 
 @dataclass(frozen=True)
-class OneRunBound:
-    """The best bound over the guess counts tried, with the guesses that gave it."""
+class GuessCounts:
+    """The guesses behind a one-run bound: of ``canaries``, ``correct`` of ``guesses`` right, and the bound's
+    confidence and delta."""
 
-    lower_bound: float
     canaries: int
     guesses: int
     correct: int
@@ -91,6 +91,13 @@ class OneRunBound:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class OneRunBound(GuessCounts):
+    """The best bound over the guess counts tried, with the guesses that gave it."""
+
+    lower_bound: float = 0.0
 
 
 def one_run_bound(scores: np.ndarray, included: np.ndarray, delta: float, confidence: float = 0.95,
@@ -102,11 +109,11 @@ def one_run_bound(scores: np.ndarray, included: np.ndarray, delta: float, confid
     """
     m = len(scores)
     each = 1 - (1 - confidence) / len(fractions)
-    best = OneRunBound(0.0, m, 0, 0, confidence, delta)
+    best = OneRunBound(m, 0, 0, confidence, delta)
     for guesses, correct in top_and_bottom_guesses(scores, included, fractions):
         bound = one_run_lower_bound(m, guesses, correct, delta, each)
         if bound > best.lower_bound:
-            best = OneRunBound(bound, m, guesses, correct, confidence, delta)
+            best = OneRunBound(m, guesses, correct, confidence, delta, lower_bound=bound)
     return best
 
 

@@ -19,15 +19,14 @@ bounds, using the curve's inverse "blow-up" x -> Phi(Phi^-1(x) - mu).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
 
-from dpplat.audits.canary_estimates import GUESS_FRACTIONS, gdp_epsilon, top_and_bottom_guesses
+from dpplat.audits.canary_estimates import GUESS_FRACTIONS, GuessCounts, gdp_epsilon, top_and_bottom_guesses
 
 _NORMAL = NormalDist()
-_TINY = 1e-300
 
 
 def _shrink(x: float, mu: float) -> float:
@@ -36,7 +35,7 @@ def _shrink(x: float, mu: float) -> float:
         return 0.0
     if x >= 1.0:
         return 1.0
-    return _NORMAL.cdf(_NORMAL.inv_cdf(max(x, _TINY)) - mu)
+    return _NORMAL.cdf(_NORMAL.inv_cdf(x) - mu)
 
 
 def refutes(mu: float, m: int, guesses: int, correct: int, confidence: float = 0.95) -> bool:
@@ -78,19 +77,11 @@ def mu_lower_bound(m: int, guesses: int, correct: int, confidence: float = 0.95,
 
 
 @dataclass(frozen=True)
-class FdpOneRunBound:
+class FdpOneRunBound(GuessCounts):
     """The best mu bound over the guess counts tried, its epsilon at delta, and the guesses that gave it."""
 
-    mu: float
-    epsilon: float
-    canaries: int
-    guesses: int
-    correct: int
-    confidence: float
-    delta: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+    mu: float = 0.0
+    epsilon: float = 0.0
 
 
 def fdp_one_run_bound(scores: np.ndarray, included: np.ndarray, delta: float, confidence: float = 0.95,
@@ -100,10 +91,10 @@ def fdp_one_run_bound(scores: np.ndarray, included: np.ndarray, delta: float, co
     fractions = fractions or GUESS_FRACTIONS
     each = 1 - (1 - confidence) / len(fractions)
     m = len(scores)
-    best = FdpOneRunBound(0.0, 0.0, m, 0, 0, confidence, delta)
+    best = FdpOneRunBound(m, 0, 0, confidence, delta)
     for guesses, correct in top_and_bottom_guesses(scores, included, fractions):
         mu = mu_lower_bound(m, guesses, correct, each)
         if mu > best.mu:
-            best = FdpOneRunBound(mu, gdp_epsilon(mu, delta) if np.isfinite(mu) else float("inf"), m, guesses,
-                                  correct, confidence, delta)
+            epsilon = gdp_epsilon(mu, delta) if np.isfinite(mu) else float("inf")
+            best = FdpOneRunBound(m, guesses, correct, confidence, delta, mu=mu, epsilon=epsilon)
     return best

@@ -25,8 +25,6 @@ from dpplat.models.registry import register_model
 from dpplat.models.scatnet import FixedStemClassifier
 from dpplat.models.scattering import Scattering2D
 
-NORM_FIELDS = 1  # fields per GroupNorm group in the stem: one, like Tramer & Boneh's groups of 3 channels
-
 
 def orientation_fields(scattering: Scattering2D, in_channels: int) -> torch.Tensor:
     """The channel gather that turns the scattering's output into C4 regular fields, field-major.
@@ -69,8 +67,8 @@ def c4_scatnet(fields: int, *, num_classes: int = 10, in_channels: int = 1, imag
     scattering = Scattering2D(J=2, L=8, image_size=image_size)
     index = orientation_fields(scattering, in_channels)
     in_fields = len(index) // C4.order
-    groups = in_fields // NORM_FIELDS if in_fields % NORM_FIELDS == 0 else 1
-    stem = nn.Sequential(scattering, OrientationFields(index), FieldGroupNorm(groups, in_fields, C4, affine=False))
+    # one field per GroupNorm group, like Tramer & Boneh's groups of 3 channels
+    stem = nn.Sequential(scattering, OrientationFields(index), FieldGroupNorm(in_fields, in_fields, C4, affine=False))
     side = image_size // 4 - 1  # the 2x2 max-pool of stride 1
     equivariant = nn.Sequential(
         group_conv(in_fields, fields, 3, C4, padding=1), nn.Mish(),
