@@ -63,7 +63,7 @@ def audit_table(models: int | None, challenges: int | None, canaries: list[str])
 
 
 def whitebox_table(seeds: list[int], subset: int | None, steps: int, epsilons: list[float],
-                   injects: list[str]) -> None:
+                   injects: list[str], canaries: int | None = None) -> None:
     """One white-box audit per (epsilon, fault, seed): its bounds as ratios of the accountant's epsilon, then
     per (epsilon, fault) how many seeds each bound put above the claim."""
     from dpplat.audits.whitebox import WhiteboxConfig, run_whitebox
@@ -77,7 +77,8 @@ def whitebox_table(seeds: list[int], subset: int | None, steps: int, epsilons: l
         for inject in injects:
             for seed in seeds:
                 r = run_whitebox(WhiteboxConfig(epsilon=epsilon, inject=inject, seed=seed, subset=subset,
-                                                steps=steps, processes=2 if inject == "noise-per-rank" else 1))
+                                                steps=steps, processes=2 if inject == "noise-per-rank" else 1,
+                                                **({"canaries": canaries} if canaries else {})))
                 claimed, fdp, mech = r["claimed_epsilon"], r["one_run_fdp"]["epsilon"], r["measured_mechanism_epsilon"]
                 above.setdefault((claimed, inject), []).append(
                     (r["lower_bound"] > claimed, fdp > claimed, r["bayes"]["lower_bound"] > claimed,
@@ -128,6 +129,8 @@ def main(argv=None):
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 2.0, 8.0], help="white-box: claimed epsilons")
     parser.add_argument("--injects", nargs="+", default=["none", "half-noise", "no-clip-one-layer", "noise-per-rank"],
                         help="white-box: faults to inject")
+    parser.add_argument("--gradient-canaries", type=int, default=None,
+                        help="white-box: gradient canaries per run (default: the audit's own default)")
     args = parser.parse_args(argv)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
     if args.only in (None, "intervals"):
@@ -135,7 +138,7 @@ def main(argv=None):
     if args.only == "mia" or (args.only is None and not args.skip_audits):
         audit_table(args.models, args.challenges, args.canaries)
     if args.only == "whitebox" or (args.only is None and not args.skip_audits):
-        whitebox_table(args.seeds, args.subset, args.steps, args.epsilons, args.injects)
+        whitebox_table(args.seeds, args.subset, args.steps, args.epsilons, args.injects, args.gradient_canaries)
     if args.only == "subjects" or (args.only is None and not args.skip_audits):
         subjects_table(args.seeds, args.subset, args.steps)
 

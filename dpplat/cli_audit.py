@@ -100,7 +100,7 @@ def add_audit_parser(sub) -> None:
     w.add_argument("--model", default=None, help="a zoo name or your own package.module:function")
     w.add_argument("--epsilon", type=float, default=None, help="the claimed epsilon the training is calibrated to")
     w.add_argument("--delta", type=float, default=None, help="delta of the claim")
-    w.add_argument("--canaries", type=int, default=None, help="gradient canaries, each included with probability 1/2")
+    w.add_argument("--canaries", type=int, default=None, help="gradient canaries, each included with probability 1/2 (default: as many as keep their overlaps below a tenth of the noise's variance, 10,000 to 100,000)")
     w.add_argument("--steps", type=int, default=None, help="DP-SGD steps of the audited training")
     w.add_argument("--runs", type=int, default=None, help="independent training runs whose canaries are pooled")
     w.add_argument("--batch-size", type=int, default=None, help="expected batch size (sample rate = B / N)")

@@ -144,12 +144,16 @@ def likelihood_ratio_scores(projections: np.ndarray, noise_multiplier: float, sa
     (:func:`measured_scales`). The per-step ratio is ``1 - q + q exp((x a - a^2 / 2) / s^2)`` with
     a the shift and s the noise scale; the log ratios add over steps.
     """
-    x = np.asarray(projections, np.float64)
     if not noise_multiplier > 0:
         raise ValueError(f"the likelihood ratio needs a positive noise multiplier, got {noise_multiplier}.")
     shift, var = shift_scale / float(noise_multiplier), noise_scale**2
-    log_in = np.log(sample_rate) + (x * shift - shift * shift / 2) / var
-    return np.logaddexp(np.log1p(-sample_rate), log_in).sum(axis=0)
+    projections = np.asarray(projections)
+    scores = np.empty(projections.shape[1])
+    for start in range(0, projections.shape[1], 4096):  # blocks of canaries: memory stays bounded
+        x = np.asarray(projections[:, start:start + 4096], np.float64)
+        log_in = np.log(sample_rate) + (x * shift - shift * shift / 2) / var
+        scores[start:start + 4096] = np.logaddexp(np.log1p(-sample_rate), log_in).sum(axis=0)
+    return scores
 
 
 def measured_scales(projections: np.ndarray, noise_multiplier: float, sample_rate: float,

@@ -5,7 +5,8 @@ included canary is one more example: every step samples it with the same probabi
 real example, the engine clips it with the same per-group bounds (:meth:`DPModule.add_example_gradients`)
 and its clipped gradient joins the clipped sum before the one noise draw. A canary is a random
 direction in every clipping group, ``overshoot`` times that group's bound long, so that correct
-clipping shortens it to the bound and a layer left unclipped shows. The accountant counts the
+clipping shortens it to the bound and a layer left unclipped shows; each step flips it by a fresh random
+sign that the observer knows, so that thousands of canaries' small overlaps average out. The accountant counts the
 canaries like any example (N grows by the included canaries; q is unchanged).
 
 The observer sees every noisy update (the threat model DP-SGD is accounted for) and knows the real
@@ -58,7 +59,7 @@ class WhiteboxConfig:
     model: str = "cnn"
     epsilon: float = 2.0
     delta: float = 1e-5
-    canaries: int = 10000  # per run
+    canaries: int | None = None  # per run; None: as many as :func:`default_canaries` allows
     steps: int = 500
     runs: int = 1  # independent training runs, each with its own canaries, pooled into one game
     batch_size: int = 256
@@ -84,7 +85,8 @@ class WhiteboxConfig:
         check_types(self)
         check_range("epsilon", self.epsilon, low=0, low_open=True)
         check_range("delta", self.delta, low=0, high=1, low_open=True, high_open=True)
-        check_range("canaries", self.canaries, low=2)
+        if self.canaries is not None:
+            check_range("canaries", self.canaries, low=2)
         check_range("steps", self.steps, low=1)
         check_range("runs", self.runs, low=1)
         check_range("processes", self.processes, low=1)
@@ -112,6 +114,7 @@ class WhiteboxConfig:
 
 
 SUPPORT = 64  # coordinates of a canary's direction in each clipping group
+CANARY_BLOCK = 256  # canaries made dense and clipped together
 
 
 @dataclass(frozen=True)
@@ -126,15 +129,46 @@ class CanaryDirections:
     value: torch.Tensor
     size: int
 
-    def project(self, vector: torch.Tensor) -> torch.Tensor:
-        """Each direction's inner product with a (size,) vector."""
-        return (vector[self.index] * self.value).sum(dim=1)
+    def project(self, vector: torch.Tensor, signs: np.ndarray) -> torch.Tensor:
+        """Each direction's inner product with a (size,) vector, times the direction's sign this step."""
+        return (vector[self.index] * self.value).sum(dim=1) * torch.from_numpy(signs)
 
-    def dense(self, rows: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """The chosen directions as dense (k, size) rows."""
-        rows = torch.as_tensor(rows, dtype=torch.long)
+    def dense(self, rows: np.ndarray, signs: np.ndarray) -> torch.Tensor:
+        """The chosen directions, each times its sign this step, as dense (k, size) rows."""
+        value = self.value[torch.as_tensor(rows, dtype=torch.long)] * torch.from_numpy(signs[rows])[:, None]
         out = torch.zeros(len(rows), self.size, dtype=self.value.dtype)
-        return out.scatter_(1, self.index[rows], self.value[rows])
+        return out.scatter_(1, self.index[torch.as_tensor(rows, dtype=torch.long)], value)
+
+
+def step_signs(rng: np.random.Generator, count: int) -> np.ndarray:
+    """A random sign per canary for one step (float32 +-1).
+
+    Every step flips each canary's direction by a fresh sign that the observer knows. Two canaries'
+    directions overlap a little; summed over the thousands sampled each step, the overlaps would add
+    the same offset to a canary's projection at every step and, over hundreds of steps, swamp its own
+    signal. With fresh signs the overlaps average out, and each step's projection is the claimed
+    Gaussian plus only independent cross-talk."""
+    return np.where(rng.random(count) < 0.5, -1.0, 1.0).astype(np.float32)
+
+
+def random_supports(count: int, size: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` rows of ``k`` distinct coordinates of ``range(size)``, each row a uniform random k-subset.
+
+    Small groups rank a row of uniform draws (in blocks of rows, so memory stays bounded); large ones
+    draw k coordinates with replacement and redraw the rows that repeat one, which keeps every row
+    uniform over k-subsets at a cost linear in ``count * k``, so 100,000 canaries take seconds.
+    """
+    if size <= 4096:
+        block = max(1, (1 << 23) // size)
+        return torch.cat([torch.rand(min(block, count - start), size, generator=generator).argsort(dim=1)[:, :k]
+                          for start in range(0, count, block)])
+    index = torch.randint(size, (count, k), generator=generator)
+    while True:
+        ordered = index.sort(dim=1).values
+        repeats = (ordered[:, 1:] == ordered[:, :-1]).any(dim=1).nonzero().flatten()
+        if not len(repeats):
+            return index
+        index[repeats] = torch.randint(size, (len(repeats), k), generator=generator)
 
 
 def canary_directions(bounds: list[float], sizes: list[int], count: int, generator: torch.Generator,
@@ -149,16 +183,44 @@ def canary_directions(bounds: list[float], sizes: list[int], count: int, generat
     indices, values, offset = [], [], 0
     for bound, size in zip(bounds, sizes):
         k = min(support, size)
-        index = torch.rand(count, size, generator=generator).argsort(dim=1)[:, :k] if size <= 4096 else \
-            torch.stack([torch.randperm(size, generator=generator)[:k] for _ in range(count)])
         v = torch.randn(count, k, generator=generator)
         v /= v.norm(dim=1, keepdim=True)
-        indices.append(index + offset)
+        indices.append(random_supports(count, size, k, generator) + offset)
         values.append(v * bound)
         offset += size
     value = torch.cat(values, dim=1)
     value /= value.norm(dim=1, keepdim=True)
     return CanaryDirections(torch.cat(indices, dim=1), value, offset)
+
+
+CANARY_RANGE = (10_000, 100_000)  # the default number of canaries stays within these
+CROSS_TALK = 0.1  # by default the canaries' overlaps add at most this share to the noise's variance
+
+
+def default_canaries(model: torch.nn.Module, clipping: str, sigma: float, sample_rate: float) -> int:
+    """How many canaries a run plants by default: as many as keep their overlaps small, within CANARY_RANGE.
+
+    More canaries tighten the one-run bounds, but each step's sampled canaries (about q m / 2) overlap every
+    canary's direction: two random unit directions in a group of n values share (v_i . v_j)^2 = 1 / n on
+    average, so the overlaps add q m / 2 * sum_g f_g^2 / n_g / sigma^2 to the variance of a projection, f_g being
+    a group's share of a canary (1 / groups). Small groups (a bias-sized layer) and little noise bound m."""
+    sizes = [n for n in (sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
+                         for module in model.modules()) if n]
+    if clipping == "flat":
+        sizes = [sum(sizes)]
+    per_canary = sample_rate / 2 * sum(1 / (len(sizes) ** 2 * n) for n in sizes) / sigma**2
+    low, high = CANARY_RANGE
+    return int(min(high, max(low, CROSS_TALK / per_canary)))
+
+
+FDP_GUESSES = (500, 1000, 2000)  # guesses the f-DP bound tries (chosen on simulated games, benchmarks/README.md)
+
+
+def fdp_guess_fractions(canaries: int) -> tuple[float, ...]:
+    """The shares of the canaries the f-DP bound guesses on: a few fixed counts of guesses, not shares, because
+    its power comes from the few hundred most confident guesses whatever the number of canaries, and every
+    count tried costs confidence in the union bound."""
+    return tuple(sorted({min(1.0, (g + 0.5) / canaries) for g in FDP_GUESSES}))
 
 
 NOISE_FLOOR, SHIFT_CEILING = 0.8, 1.25  # measured / claimed ratios beyond which the run contradicts its claim
@@ -231,6 +293,7 @@ class AuditedTraining:
     batch: int
     sample_rate: float
     sigma: float
+    canaries: int
 
     @classmethod
     def build(cls, config: WhiteboxConfig, seed: int) -> "AuditedTraining":
@@ -238,14 +301,15 @@ class AuditedTraining:
         train_set = datasets.load_dataset(config.dataset, "train", subset=config.subset, seed=config.seed,
                                           data_dir=config.data_dir)
         model = audited_model(config)
-        included = np.random.default_rng(seed).random(config.canaries) < 0.5
         n_real = len(train_set)
         batch = min(config.batch_size, n_real)
         sample_rate = batch / n_real  # canaries are sampled at the same rate as every example
-        accounting.check_budget(config.epsilon, config.delta, n_real + int(included.sum()))
         sigma = accounting.calibrate_noise(target_epsilon=config.epsilon, target_delta=config.delta,
                                            sample_rate=sample_rate, steps=config.steps, accountant=config.accountant)
-        return cls(train_set, model, included, n_real, batch, sample_rate, sigma)
+        count = config.canaries or default_canaries(model, config.clipping, sigma, sample_rate)
+        included = np.random.default_rng(seed).random(count) < 0.5
+        accounting.check_budget(config.epsilon, config.delta, n_real + int(included.sum()))
+        return cls(train_set, model, included, n_real, batch, sample_rate, sigma, count)
 
 
 def train_with_canaries(config: WhiteboxConfig, seed: int, say: Callable[[str], None]) -> ObservedRun:
@@ -262,7 +326,7 @@ def train_with_canaries(config: WhiteboxConfig, seed: int, say: Callable[[str], 
         target_delta=config.delta, noise_generator=torch.Generator().manual_seed(seed + 1 + 7919 * rank))
     params = dp_model.trainable_parameters()
     groups = dp_model.clipping_groups
-    directions = canary_directions(dp_model.per_layer_bounds, dp_model.group_sizes, config.canaries,
+    directions = canary_directions(dp_model.per_layer_bounds, dp_model.group_sizes, setup.canaries,
                                    torch.Generator().manual_seed(seed + 2), config.clipping)
     length = dp_model.sensitivity * config.overshoot  # overshoot x the bound: correct clipping shortens it
     if config.inject == "half-noise":
@@ -274,17 +338,17 @@ def train_with_canaries(config: WhiteboxConfig, seed: int, say: Callable[[str], 
     if config.inject == "noise-per-rank":
         dp_opt.noise_on_every_rank = True
     noise_std = sigma * dp_model.sensitivity
-    projections = np.zeros((config.steps, config.canaries), dtype=np.float32)
-    canary_rng = np.random.default_rng(seed + 3)
+    projections = np.zeros((config.steps, setup.canaries), dtype=np.float32)
+    canary_rng, sign_rng = np.random.default_rng(seed + 3), np.random.default_rng(seed + 4)
     real_sum = torch.zeros(sum(dp_model.group_sizes))
-    step = 0
+    step, signs = 0, None
 
     def observe(opt) -> None:  # every noisy update, before the optimizer applies it
         noisy_sum = torch.cat([p.grad.reshape(-1) for p in params]) * opt.expected_batch_size
-        projections[step] = (directions.project(noisy_sum - real_sum) / noise_std).numpy()
+        projections[step] = (directions.project(noisy_sum - real_sum, signs) / noise_std).numpy()
 
     dp_opt.attach_step_hook(observe)
-    say(f"white-box audit: {config.canaries} canaries ({int(included.sum())} included), {config.steps} steps, "
+    say(f"white-box audit: {setup.canaries} canaries ({int(included.sum())} included), {config.steps} steps, "
         f"sigma {sigma:.3f}, q {sample_rate:.4g}, inject {config.inject}, seed {seed}")
     while step < config.steps:
         for x, y in loader:
@@ -297,9 +361,11 @@ def train_with_canaries(config: WhiteboxConfig, seed: int, say: Callable[[str], 
                                       for p in params]))
             if config.processes > 1:
                 dist.all_reduce(real_sum)  # the observer knows every rank's real examples
-            sampled = np.flatnonzero(included & (canary_rng.random(config.canaries) < sample_rate))
+            sampled = np.flatnonzero(included & (canary_rng.random(setup.canaries) < sample_rate))
+            signs = step_signs(sign_rng, setup.canaries)
             if rank == 0:  # every canary lives on one rank, as every example does
-                dp_model.add_example_gradients(directions.dense(sampled) * length)
+                for rows in np.array_split(sampled, max(1, -(-len(sampled) // CANARY_BLOCK))):  # bounded memory
+                    dp_model.add_example_gradients(directions.dense(rows, signs) * length)
             dp_opt.step()
             step += 1
             if step % 100 == 0:
@@ -335,7 +401,7 @@ def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None 
                                 shift_scale=max(a, 1e-3)) for o, (n, a, _) in zip(observed, scales)])
     included = np.concatenate([o.included for o in observed])
     bound = one_run_bound(scores, included, config.delta, config.confidence)
-    fdp_bound = fdp_one_run_bound(scores, included, config.delta, config.confidence)
+    fdp_bound = fdp_one_run_bound(scores, included, config.delta, config.confidence, fdp_guess_fractions(len(scores)))
     fit = gdp_fit(scores[included], scores[~included], config.delta)
     order = np.argsort(scores, kind="stable")
     half = bound.guesses // 2 or max(1, len(scores) // 20)

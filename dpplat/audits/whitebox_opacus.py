@@ -22,7 +22,7 @@ def train_opacus_with_canaries(config, seed: int, say: Callable[[str], None]):
     """One Opacus DP-SGD run with the canaries planted, observed at every step (see :func:`train_with_canaries`)."""
     from opacus import PrivacyEngine as OpacusEngine
 
-    from dpplat.audits.whitebox import AuditedTraining, ObservedRun, canary_directions
+    from dpplat.audits.whitebox import AuditedTraining, ObservedRun, canary_directions, step_signs
 
     setup = AuditedTraining.build(config, seed)
     train_set, model, included, n_real, batch, sample_rate, sigma = (
@@ -35,14 +35,14 @@ def train_opacus_with_canaries(config, seed: int, say: Callable[[str], None]):
         noise_generator=torch.Generator().manual_seed(seed + 1))
     params = [p for p in model.parameters() if p.requires_grad]
     sizes = [p.numel() for p in params]
-    directions = canary_directions([config.max_grad_norm] * len(sizes), sizes, config.canaries,
+    directions = canary_directions([config.max_grad_norm] * len(sizes), sizes, setup.canaries,
                                    torch.Generator().manual_seed(seed + 2), "flat")
     length = config.max_grad_norm * config.overshoot
     noise_std = sigma * config.max_grad_norm
-    projections = np.zeros((config.steps, config.canaries), dtype=np.float32)
-    canary_rng = np.random.default_rng(seed + 3)
+    projections = np.zeros((config.steps, setup.canaries), dtype=np.float32)
+    canary_rng, sign_rng = np.random.default_rng(seed + 3), np.random.default_rng(seed + 4)
     real_sum = torch.zeros(sum(sizes))
-    pending = {"rows": None, "step": 0}
+    pending = {"rows": None, "step": 0, "signs": None}
     clip_and_accumulate, add_noise = optimizer.clip_and_accumulate, optimizer.add_noise
 
     def with_canaries() -> None:  # Opacus clips the batch, then the canaries the same way, into one sum
@@ -57,10 +57,10 @@ def train_opacus_with_canaries(config, seed: int, say: Callable[[str], None]):
     def noise_then_observe() -> None:
         add_noise()
         noisy_sum = torch.cat([p.grad.reshape(-1) for p in params])
-        projections[pending["step"]] = (directions.project(noisy_sum - real_sum) / noise_std).numpy()
+        projections[pending["step"]] = (directions.project(noisy_sum - real_sum, pending["signs"]) / noise_std).numpy()
 
     optimizer.clip_and_accumulate, optimizer.add_noise = with_canaries, noise_then_observe
-    say(f"white-box audit of Opacus: {config.canaries} canaries ({int(included.sum())} included), {config.steps} "
+    say(f"white-box audit of Opacus: {setup.canaries} canaries ({int(included.sum())} included), {config.steps} "
         f"steps, sigma {sigma:.3f}, q {sample_rate:.4g}, seed {seed}")
     while pending["step"] < config.steps:
         for x, y in loader:
@@ -68,8 +68,9 @@ def train_opacus_with_canaries(config, seed: int, say: Callable[[str], None]):
                 break
             optimizer.zero_grad()
             F.cross_entropy(model(x), y).backward()
-            sampled = np.flatnonzero(included & (canary_rng.random(config.canaries) < sample_rate))
-            pending["rows"] = directions.dense(sampled) * length
+            sampled = np.flatnonzero(included & (canary_rng.random(setup.canaries) < sample_rate))
+            pending["signs"] = step_signs(sign_rng, setup.canaries)
+            pending["rows"] = directions.dense(sampled, pending["signs"]) * length
             optimizer.step()
             pending["step"] += 1
     groups = [name for name, p in model.named_parameters() if p.requires_grad]
