@@ -197,30 +197,37 @@ CANARY_RANGE = (10_000, 100_000)  # the default number of canaries stays within 
 CROSS_TALK = 0.1  # by default the canaries' overlaps add at most this share to the noise's variance
 
 
-def default_canaries(model: torch.nn.Module, clipping: str, sigma: float, sample_rate: float) -> int:
-    """How many canaries a run plants by default: as many as keep their overlaps small, within CANARY_RANGE.
+def overlap_variance(sizes: list[int], bounds: list[float], canaries: int, sigma: float, sample_rate: float) -> float:
+    """The variance the other canaries add to a canary's projection, in units of the noise's variance.
 
-    More canaries tighten the one-run bounds, but each step's sampled canaries (about q m / 2) overlap every
-    canary's direction: two random unit directions in a group of n values share (v_i . v_j)^2 = 1 / n on
-    average, so the overlaps add q m / 2 * sum_g f_g^2 / n_g / sigma^2 to the variance of a projection, f_g being
-    a group's share of a canary (1 / groups). Small groups (a bias-sized layer) and little noise bound m."""
+    Each step samples about q m / 2 canaries, each overlapping every other canary's direction: two random unit
+    directions in a group of n values share (v_i . v_j)^2 = 1 / n on average, so the overlaps add
+    q m / 2 * sum_g f_g^2 / n_g / sigma^2, f_g being a group's share of a clipped canary's squared length."""
+    total = sum(b * b for b in bounds)
+    return sample_rate / 2 * canaries * sum((b * b / total) ** 2 / n for b, n in zip(bounds, sizes)) / sigma**2
+
+
+def default_canaries(model: torch.nn.Module, clipping: str, sigma: float, sample_rate: float) -> int:
+    """How many canaries a run plants by default: as many as keep their overlaps (:func:`overlap_variance`) at
+    CROSS_TALK of the noise's variance, within CANARY_RANGE. More canaries tighten the one-run bounds, but
+    their overlaps grow with their number; small groups (a bias-sized layer) and little noise bound it."""
     sizes = [n for n in (sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
                          for module in model.modules()) if n]
     if clipping == "flat":
         sizes = [sum(sizes)]
-    per_canary = sample_rate / 2 * sum(1 / (len(sizes) ** 2 * n) for n in sizes) / sigma**2
+    per_canary = overlap_variance(sizes, [1.0] * len(sizes), 1, sigma, sample_rate)
     low, high = CANARY_RANGE
     return int(min(high, max(low, CROSS_TALK / per_canary)))
 
 
-FDP_GUESSES = (500, 1000, 2000)  # guesses the f-DP bound tries (chosen on simulated games, benchmarks/README.md)
+FDP_GUESSES = 1000  # guesses the f-DP bound makes (chosen on simulated games, benchmarks/README.md)
 
 
 def fdp_guess_fractions(canaries: int) -> tuple[float, ...]:
-    """The shares of the canaries the f-DP bound guesses on: a few fixed counts of guesses, not shares, because
-    its power comes from the few hundred most confident guesses whatever the number of canaries, and every
-    count tried costs confidence in the union bound."""
-    return tuple(sorted({min(1.0, (g + 0.5) / canaries) for g in FDP_GUESSES}))
+    """The share of the canaries the f-DP bound guesses on: one count fixed in advance, not a share, because its
+    power comes from the most confident few hundred guesses whatever the number of canaries, and trying several
+    counts would split the confidence between them (a union bound)."""
+    return (min(1.0, (FDP_GUESSES + 0.5) / canaries),)
 
 
 NOISE_FLOOR, SHIFT_CEILING = 0.8, 1.25  # measured / claimed ratios beyond which the run contradicts its claim
@@ -280,6 +287,7 @@ class ObservedRun:
     dataset_size: int
     clipping_groups: list[str]
     inject_group: str | None
+    overlap: float = 0.0  # the canaries' expected overlap variance in a projection (:func:`overlap_variance`)
 
 
 @dataclass
@@ -370,8 +378,9 @@ def train_with_canaries(config: WhiteboxConfig, seed: int, say: Callable[[str], 
             step += 1
             if step % 100 == 0:
                 say(f"  step {step}/{config.steps}")
+    overlap = overlap_variance(dp_model.group_sizes, dp_model.per_layer_bounds, setup.canaries, sigma, sample_rate)
     return ObservedRun(projections, included, sigma, sample_rate, engine.get_epsilon(config.delta), n_real, groups,
-                       groups[target] if target is not None else None)
+                       groups[target] if target is not None else None, overlap)
 
 
 def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None = None) -> dict:
@@ -393,7 +402,8 @@ def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None 
     first = observed[0]
     claimed = max(o.claimed_epsilon for o in observed)
     scales = [measured_scales(o.projections, o.noise_multiplier, o.sample_rate) for o in observed]
-    noise_scale = float(np.mean([n for n, _, _ in scales]))
+    # the projections' noise holds the canaries' overlaps too; the mechanism's own noise is the rest
+    noise_scale = float(np.mean([math.sqrt(max(n * n - o.overlap, 1e-4)) for o, (n, _, _) in zip(observed, scales)]))
     shift_scale = float(np.mean([a for _, a, _ in scales]))
     shift_error = float(np.sqrt(np.sum([e * e for _, _, e in scales]))) / len(scales)
     scores = np.concatenate([
@@ -431,7 +441,8 @@ def run_whitebox(config: WhiteboxConfig, progress: Callable[[str], None] | None 
                   "counts": {"fp": fp, "fn": fn, "negatives": negatives, "positives": positives}},
         "gdp_mu": fit.mu, "gdp_epsilon": fit.epsilon,
         "measured_sigma": measured_sigma, "measured_mechanism_epsilon": measured_epsilon,
-        "measured_noise": noise_scale, "measured_canary_shift": shift_scale, "canary_shift_error": shift_error,
+        "measured_noise": noise_scale, "canary_overlap": float(np.mean([o.overlap for o in observed])),
+        "measured_canary_shift": shift_scale, "canary_shift_error": shift_error,
         "histogram": {"edges": histogram_edges.tolist(),
                       "in": np.histogram(scores[included], bins=histogram_edges)[0].tolist(),
                       "out": np.histogram(scores[~included], bins=histogram_edges)[0].tolist()},

@@ -22,7 +22,7 @@ def train_opacus_with_canaries(config, seed: int, say: Callable[[str], None]):
     """One Opacus DP-SGD run with the canaries planted, observed at every step (see :func:`train_with_canaries`)."""
     from opacus import PrivacyEngine as OpacusEngine
 
-    from dpplat.audits.whitebox import AuditedTraining, ObservedRun, canary_directions, step_signs
+    from dpplat.audits.whitebox import AuditedTraining, ObservedRun, canary_directions, overlap_variance, step_signs
 
     setup = AuditedTraining.build(config, seed)
     train_set, model, included, n_real, batch, sample_rate, sigma = (
@@ -74,5 +74,6 @@ def train_opacus_with_canaries(config, seed: int, say: Callable[[str], None]):
             optimizer.step()
             pending["step"] += 1
     groups = [name for name, p in model.named_parameters() if p.requires_grad]
+    overlap = overlap_variance([sum(sizes)], [1.0], setup.canaries, sigma, sample_rate)  # one flat group
     return ObservedRun(projections, included, sigma, sample_rate, engine.get_epsilon(config.delta), n_real, groups,
-                       None)
+                       None, overlap)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from dpplat.audits.whitebox import CANARY_RANGE, canary_directions, default_canaries, random_supports, step_signs
+from dpplat.audits.whitebox import (CANARY_RANGE, canary_directions, default_canaries, overlap_variance, random_supports,
+                                    step_signs)
 
 
 @pytest.mark.parametrize("size", [300, 20_000])  # the ranked branch and the redraw branch
@@ -52,8 +53,8 @@ def test_fresh_signs_each_step_keep_the_canaries_overlaps_from_adding_up():
     # with fixed directions each canary's overlap with the others repeats every step and grows like the steps;
     # with fresh signs it is a new draw each step and grows like their square root
     assert fixed.std() > 4 * fresh.std()
-    # each step adds q m / 2 overlaps of 1 / n each (the rule default_canaries sizes the canary count by)
-    assert fresh.std() == pytest.approx((200 * 0.2 / 2 * 4000 / 300) ** 0.5, rel=0.1)
+    # each step adds q m / 2 overlaps of 1 / n each: the variance the audit removes from the measured noise
+    assert fresh.var() == pytest.approx(200 * overlap_variance([300], [1.0], 4000, 1.0, 0.2), rel=0.2)
 
 
 def test_the_default_canary_count_shrinks_with_the_noise_and_stays_in_its_range():
