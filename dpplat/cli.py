@@ -12,6 +12,7 @@ from typing import NoReturn
 
 from dpplat.cli_audit import add_audit_parser, run_audit
 from dpplat.cli_help import DefaultsFormatter, name_unexplained_options
+from dpplat.holdout import evaluated_on
 from dpplat.store import StoreError, default_store_path
 from dpplat.train_flags import add_train_arguments, train_config_from_args
 
@@ -72,7 +73,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"Training stopped early: the privacy budget epsilon = {config.epsilon} was reached.")
     if not math.isfinite(result.epsilon):
         print("!!! This run added no noise: it is NOT differentially private. !!!")
-    print(f"Test accuracy: {result.accuracy:.2%}   epsilon spent: {result.epsilon:.3f} (delta = {result.delta:g})   "
+    print(f"{evaluated_on(config).capitalize()} accuracy: {result.accuracy:.2%}   epsilon spent: {result.epsilon:.3f} "
+          f"(delta = {result.delta:g})   "
           f"steps: {result.steps}   time: {result.seconds:.0f}s")
     print(f"Run {result.run_id} stored in {result.store_path.resolve()}")
     print(f"Review it: dpplat dashboard --store {result.store_path.resolve()}")

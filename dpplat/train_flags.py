@@ -36,6 +36,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seeds the model, the Poisson sampler and the noise")
     p.add_argument("--subset", type=int, help="train on a deterministic random subset of this many examples")
     p.add_argument("--test-subset", type=int, help="evaluate on a subset of the test split")
+    p.add_argument("--validation", type=float,
+                   help="hold out this share of the training set (seeded) and report accuracy on it instead of the "
+                        "test set: choose settings on it, and touch the test set once")
     p.add_argument("--augmult", type=int, help="augmentation multiplicity: K views per example, averaged before clipping")
     p.add_argument("--max-physical-batch-size", type=int,
                    help="examples per backward pass: a larger Poisson batch is split into micro-batches whose "
@@ -67,7 +70,7 @@ def train_config_from_args(args: argparse.Namespace):
 
     overrides = {k: getattr(args, k) for k in (
         "dataset", "model", "group", "epsilon", "delta", "sigma", "epochs", "batch_size", "max_grad_norm", "clipping",
-        "accountant", "optimizer", "lr", "momentum", "seed", "subset", "test_subset", "secure_mode", "name", "data_dir",
+        "accountant", "optimizer", "lr", "momentum", "seed", "subset", "test_subset", "validation", "secure_mode", "name", "data_dir",
         "augmult", "max_physical_batch_size", "ema_decay", "data_norm_noise", "data_norm_clip", "device", "allow_large_delta",
     )}
     if args.config:

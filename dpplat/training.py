@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from dpplat.holdout import hold_out
 from dpplat import data as datasets
 from dpplat import models
 from dpplat.augment import WeightEMA, make_views
@@ -65,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     subset: int | None = None
     test_subset: int | None = None
+    validation: float = 0.0  # share of the training set held out and evaluated on instead of the test set
     secure_mode: bool = False
     name: str | None = None
     data_dir: str | None = None
@@ -125,6 +127,7 @@ class TrainConfig:
         for name in ("max_grad_norm", "lr", "data_norm_noise", "data_norm_clip"):
             check_range(flag(name), getattr(self, name), low=0, low_open=True)
         check_range(flag("momentum"), self.momentum, low=0, high=1, high_open=True)
+        check_range(flag("validation"), self.validation, low=0, high=1, high_open=True)
         check_range(flag("seed"), self.seed, low=0)
         check_range(flag("log_every"), self.log_every, low=0)
         check_range(flag("ema_decay"), self.ema_decay, low=0, high=1, low_open=True, high_open=True)
@@ -285,7 +288,11 @@ def train(
     torch.manual_seed(config.seed)
     if train_set is None:
         train_set = datasets.load_dataset(config.dataset, "train", data_dir=config.data_dir, subset=config.subset, seed=config.seed)
-    test_set = datasets.load_dataset(config.dataset, "test", data_dir=config.data_dir, subset=config.test_subset, seed=config.seed)
+    if config.validation:  # the held-out share replaces the test set, and is not trained on
+        train_set, test_set = hold_out(train_set, config.validation, config.seed)
+    else:
+        test_set = datasets.load_dataset(config.dataset, "test", data_dir=config.data_dir, subset=config.test_subset,
+                                         seed=config.seed)
     model, engine, (dp_model, dp_opt, dp_loader) = make_private_model(config, train_set)
 
     steps_per_epoch = len(dp_loader)

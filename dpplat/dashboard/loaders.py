@@ -54,6 +54,7 @@ def runs(path: str) -> pd.DataFrame:
         return frame
     configs = frame["config"].map(json.loads)
     frame["family"] = [c.get("family") or m for c, m in zip(configs, frame["model"])]
+    frame["evaluated_on"] = ["validation" if c.get("validation") else "test" for c in configs]  # the accuracy's split
     frame["started"] = pd.to_datetime(frame["started_at"], unit="s")
     return frame
 

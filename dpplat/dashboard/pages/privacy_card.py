@@ -22,7 +22,7 @@ if chosen is not None:
         "accountant": run["accountant"], "noise_multiplier": value(run["noise_multiplier"]),
         "clipping": run["clipping"], "max_grad_norm": value(run["max_grad_norm"]),
         "sampling_rate": value(run["sample_rate"]), "steps": value(run["steps"]),
-        "test_accuracy": value(run["accuracy"]), "status": run["status"],
+        "accuracy": value(run["accuracy"]), "accuracy_on": run["evaluated_on"], "status": run["status"],
         "audits": [{"id": a["id"], "kind": a["kind"],
                     "bayes_interval": [a["results"]["bayes"]["low"], a["results"]["bayes"]["high"]]
                     if "bayes" in a["results"] else None,
@@ -38,7 +38,7 @@ if chosen is not None:
         f"- **Mechanism:** DP-SGD, noise multiplier {card['noise_multiplier']}, {card['clipping']} clipping "
         f"(total C = {card['max_grad_norm']}), sampling rate {card['sampling_rate']}, {card['steps']} steps",
         f"- **Accountant:** {card['accountant']}",
-        f"- **Test accuracy:** {card['test_accuracy']}",
+        f"- **Accuracy ({card['accuracy_on']} split):** {card['accuracy']}",
         f"- **Audits:** {len(card['audits'])}" + "".join(
             f"\n  - audit {a['id']} ({a['kind']}): Bayesian interval {a['bayes_interval']}, "
             f"exceeds claim: {a['exceeds_claim']}" for a in card["audits"]),

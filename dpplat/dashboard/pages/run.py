@@ -14,7 +14,7 @@ if chosen is not None:
     cols = st.columns(4)
     cols[0].metric("epsilon spent", f"{run['epsilon']:.3f}" if pd.notna(run["epsilon"]) else "—")
     cols[1].metric("delta", f"{run['delta']:g}" if pd.notna(run["delta"]) else "—")
-    cols[2].metric("test accuracy", f"{run['accuracy']:.2%}" if pd.notna(run["accuracy"]) else "—")
+    cols[2].metric(f"{run['evaluated_on']} accuracy", f"{run['accuracy']:.2%}" if pd.notna(run["accuracy"]) else "—")
     cols[3].metric("status", run["status"])
     params = pd.DataFrame({
         "parameter": ["noise multiplier", "clip norm (total C)", "clipping", "sampling rate", "steps",

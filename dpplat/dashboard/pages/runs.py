@@ -23,8 +23,9 @@ if store is not None:
             shown = shown[shown["model"].isin(models)]
         if statuses:
             shown = shown[shown["status"].isin(statuses)]
-        table = shown[["id", "name", "dataset", "model", "target_epsilon", "epsilon", "delta", "accuracy", "status",
-                       "started"]].rename(columns={"target_epsilon": "epsilon claimed (budget)", "epsilon": "epsilon spent"})
+        table = shown[["id", "name", "dataset", "model", "target_epsilon", "epsilon", "delta", "accuracy",
+                       "evaluated_on", "status", "started"]].rename(columns={"target_epsilon": "epsilon claimed (budget)", "epsilon": "epsilon spent",
+                                  "evaluated_on": "accuracy on"})
         st.dataframe(table, hide_index=True, width="stretch")
         st.subheader("Privacy–utility")
         points = shown.dropna(subset=["epsilon", "accuracy"])
@@ -33,8 +34,8 @@ if store is not None:
         else:
             chart = alt.Chart(points).mark_circle(size=90).encode(
                 x=alt.X("epsilon:Q", title="epsilon spent", scale=alt.Scale(type="log")),
-                y=alt.Y("accuracy:Q", title="test accuracy", scale=alt.Scale(zero=False)),
+                y=alt.Y("accuracy:Q", title="accuracy (test, or validation where held out)", scale=alt.Scale(zero=False)),
                 color=alt.Color("family:N", title="model family"),
-                tooltip=["id", "model", "dataset", "epsilon", "accuracy"],
+                tooltip=["id", "model", "dataset", "epsilon", "accuracy", "evaluated_on"],
             )
             st.altair_chart(chart, width="stretch")
