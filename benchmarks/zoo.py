@@ -12,6 +12,13 @@ accuracy, its difference to the plain `cnn` trained in the same run at the same 
 when there is one, and the wall time. Flags given with --recipes (e.g. --epochs) override every recipe.
 With --seeds, every recipe runs once per seed (seed-for-seed against the cnn), and a second table gives
 each recipe's mean ± standard deviation over the seeds, of its accuracy and its wall time.
+
+    python benchmarks/zoo.py --recipes models/mnist-cnn-eps1.toml models/mnist-c4-cnn-eps1.toml --lrs 1e-3,3e-3,1e-2
+                                                                    # the learning rate chosen on held-out data
+
+With --lrs, every recipe (at each seed) first trains once per learning rate on the training set less a held-out
+share (--validation, default 0.1), keeps the rate with the best held-out accuracy, and then trains with it on the
+whole training set; only that last run touches the test set. The held-out accuracies are printed per rate.
 """
 
 from __future__ import annotations
@@ -48,6 +55,15 @@ def configs(args) -> list[tuple[str, TrainConfig]]:
             for name in args.models.split(",")]
 
 
+def chosen_lr(config: TrainConfig, lrs: str, share: float, store: RunStore) -> tuple[float, dict[float, float]]:
+    """The learning rate of ``lrs`` with the best accuracy on a held-out ``share`` of the training set, and the
+    held-out accuracy of every rate."""
+    held_out = {}
+    for lr in (float(value) for value in lrs.split(",")):
+        held_out[lr] = train(dataclasses.replace(config, lr=lr, validation=share), store=store, quiet=True).accuracy
+    return max(held_out, key=held_out.get), held_out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", nargs="*", help="models/*.toml files to run as they are (overrides below apply)")
@@ -62,6 +78,8 @@ def main(argv=None):
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds: run every recipe once per seed "
                                                       "(default: each recipe's own seed)")
+    parser.add_argument("--lrs", default=None, help="comma-separated learning rates to choose from on held-out data")
+    parser.add_argument("--validation", type=float, default=0.1, help="with --lrs: the training share held out")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Optimal order")
     device = resolve_device(args.device or "cpu")
@@ -73,6 +91,7 @@ def main(argv=None):
     plain: dict[tuple[str, float, int], float] = {}
     runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
     seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]
+    choices: list[str] = []  # with --lrs: each recipe's held-out accuracy per learning rate
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp) / "zoo.db")
         for label, recipe in configs(args):
@@ -81,6 +100,11 @@ def main(argv=None):
                                                                in_channels=info.channels, image_size=info.size)
             for seed in seeds:
                 config = recipe if seed is None else dataclasses.replace(recipe, seed=seed)
+                if args.lrs:
+                    lr, held_out = chosen_lr(config, args.lrs, args.validation, store)
+                    config = dataclasses.replace(config, lr=lr)
+                    choices.append(f"| {label} | {config.model} | {config.seed} | " + " | ".join(
+                        f"{accuracy:.2%}" for accuracy in held_out.values()) + f" | {lr:g} |")
                 result = train(config, store=store, quiet=True)
                 key = (config.dataset, config.epsilon, config.seed)
                 if config.model == "cnn":
@@ -92,6 +116,11 @@ def main(argv=None):
                       f"| {params:,} | {config.seed} | {config.epsilon:g} ({result.epsilon:.3f}) "
                       f"| {config.epochs}, {config.batch_size} | {result.accuracy:.2%} | {delta} "
                       f"| {result.seconds:.0f} |", flush=True)
+    if choices:
+        rates = args.lrs.split(",")
+        print(f"\nLearning rates on a held-out {args.validation:g} of the training set:\n\n| recipe | model | seed | "
+              + " | ".join(f"lr {rate}" for rate in rates) + " | chosen |\n|---|---|---|" + "---|" * (len(rates) + 1))
+        print("\n".join(choices))
     if len(seeds) > 1:
         print(f"\nOver seeds {args.seeds}:\n\n| recipe | model | test accuracy | wall time (s) |\n|---|---|---|---|")
         for (label, model), results in runs.items():
