@@ -9,6 +9,8 @@ clips the whole gradient (flat clipping), so this subject takes ``clipping = "fl
 
 from __future__ import annotations
 
+import math
+
 from typing import Callable
 
 import numpy as np
@@ -43,6 +45,7 @@ def train_opacus_with_canaries(config, seed: int, say: Callable[[str], None]):
     canary_rng, sign_rng = np.random.default_rng(seed + 3), np.random.default_rng(seed + 4)
     real_sum = torch.zeros(sum(sizes))
     pending = {"rows": None, "step": 0, "signs": None}
+    shift = [0.0, 0]  # the sampled canaries' projections: their sum and count
     clip_and_accumulate, add_noise = optimizer.clip_and_accumulate, optimizer.add_noise
 
     def with_canaries() -> None:  # Opacus clips the batch, then the canaries the same way, into one sum
@@ -72,8 +75,10 @@ def train_opacus_with_canaries(config, seed: int, say: Callable[[str], None]):
             pending["signs"] = step_signs(sign_rng, setup.canaries)
             pending["rows"] = directions.dense(sampled, pending["signs"]) * length
             optimizer.step()
+            shift[0] += float(projections[pending["step"], sampled].sum())
+            shift[1] += len(sampled)
             pending["step"] += 1
     groups = [name for name, p in model.named_parameters() if p.requires_grad]
     overlap = overlap_variance([sum(sizes)], [1.0], setup.canaries, sigma, sample_rate)  # one flat group
     return ObservedRun(projections, included, sigma, sample_rate, engine.get_epsilon(config.delta), n_real, groups,
-                       None, overlap)
+                       None, overlap, shift[0] / shift[1] * sigma if shift[1] else math.nan, shift[1])
