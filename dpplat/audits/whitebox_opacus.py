@@ -24,7 +24,8 @@ def train_opacus_with_canaries(config, seed: int, say: Callable[[str], None]):
     """One Opacus DP-SGD run with the canaries planted, observed at every step (see :func:`train_with_canaries`)."""
     from opacus import PrivacyEngine as OpacusEngine
 
-    from dpplat.audits.whitebox import AuditedTraining, ObservedRun, canary_directions, overlap_variance, step_signs
+    from dpplat.audits.gradient_canaries import canary_directions, overlap_variance, step_signs
+    from dpplat.audits.whitebox import AuditedTraining, ObservedRun
 
     setup = AuditedTraining.build(config, seed)
     train_set, model, included, n_real, batch, sample_rate, sigma = (

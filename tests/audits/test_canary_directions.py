@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from dpplat.audits.whitebox import (CANARY_RANGE, canary_directions, default_canaries, overlap_variance, random_supports,
-                                    step_signs)
+from dpplat.audits.gradient_canaries import (CANARY_RANGE, canary_directions, default_canaries, overlap_variance,
+                                             random_supports, step_signs)
 
 
 @pytest.mark.parametrize("size", [300, 20_000])  # the ranked branch and the redraw branch
