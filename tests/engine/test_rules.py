@@ -195,6 +195,6 @@ Conv1D.__module__ = "transformers.pytorch_utils"  # the name dpplat knows it by,
 
 @pytest.mark.parametrize("clipping", CLIPPINGS)
 @pytest.mark.parametrize("shape", [(5, 6), (4, 3, 6)])
-def test_gpt2_conv1d_is_known_by_name_and_clipped_as_a_transposed_linear(clipping, shape):
+def test_gpt2_conv1d_is_known_by_name_and_clipped_as_a_transposed_linear(clipping, shape, chunking):
     torch.manual_seed(0)
     check_rule(seq(Conv1D(7, 6), nn.Tanh(), Conv1D(3, 7)), torch.randn(shape), clipping=clipping, C=0.3)

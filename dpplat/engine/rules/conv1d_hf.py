@@ -1,7 +1,8 @@
 """Rule for Hugging Face GPT-2's ``Conv1D``: ``y = x @ W + b`` with ``W`` of shape (in, out).
 
 It is a linear layer with its weight stored transposed, so the Linear rule's norms hold as they
-are (a norm does not see the transpose) and its clipped weight sum is transposed back. The rule
+are (a norm does not see the transpose) and its clipped weight sum is transposed back, on the same
+fused per-layer path (per-sample gradients clipped and summed chunk by chunk). The rule
 is known by the class's name (``transformers.pytorch_utils.Conv1D``), so dpplat does not import
 ``transformers``; :func:`register_conv1d` adds another class of that form.
 """
@@ -12,24 +13,17 @@ import torch
 from torch import nn
 
 from dpplat.engine.rules.linear import LinearRule
-from dpplat.engine.rules.registry import RuleContext, clip_factors, register_rule, register_rule_by_name
+from dpplat.engine.rules.registry import register_rule, register_rule_by_name
 
 
 class TransposedLinearRule(LinearRule):
     """A linear layer whose weight is stored as (in, out)."""
 
+    weight_transposed = True
+
     def forward(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         out = x @ module.weight.detach()
         return out + module.bias.detach() if module.bias is not None else out
-
-    def clipped_grads(self, ctx: RuleContext, factors: torch.Tensor) -> dict[str, torch.Tensor]:
-        grads = super().clipped_grads(ctx, factors)
-        if "weight" in grads:
-            grads["weight"] = grads["weight"].t().contiguous()
-        return grads
-
-    def clipped_grads_per_layer(self, ctx: RuleContext, bound: float) -> dict[str, torch.Tensor]:
-        return self.clipped_grads(ctx, clip_factors(self.norm_sq(ctx), bound))
 
 
 register_rule_by_name("transformers.pytorch_utils", "Conv1D", TransposedLinearRule())

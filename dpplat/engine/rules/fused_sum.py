@@ -21,10 +21,15 @@ def norm_sq_from_chunks(
 ) -> torch.Tensor:
     total = like.new_zeros(num_samples)
     for rows, per_sample in chunks:
-        total[rows] += per_sample.flatten(1).square().sum(1)
+        total[rows] += row_norm_sq(per_sample)
     for per_sample in small.values():
-        total += per_sample.flatten(1).square().sum(1)
+        total += row_norm_sq(per_sample)
     return total
+
+
+def row_norm_sq(per_sample: torch.Tensor) -> torch.Tensor:
+    """Each sample's squared norm, without a squared copy of the chunk (which would cost as much memory again)."""
+    return torch.linalg.vector_norm(per_sample.flatten(1), dim=1).square()
 
 
 def clip_and_sum(
@@ -36,14 +41,15 @@ def clip_and_sum(
     like: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
     """``sum_i min(1, bound / ||g_i||) g_i`` for the big parameter (from chunks) and the small ones."""
-    big = like.new_zeros(big_shape)
+    big = like.new_zeros(big_shape).view(-1)
     sums = {name: like.new_zeros(g.shape[1:]) for name, g in small.items()}
     for rows, per_sample in chunks:
-        norm_sq = per_sample.flatten(1).square().sum(1)
+        flat = per_sample.flatten(1)
+        norm_sq = row_norm_sq(flat)
         for g in small.values():
-            norm_sq = norm_sq + g[rows].flatten(1).square().sum(1)
+            norm_sq = norm_sq + row_norm_sq(g[rows])
         factors = clip_factors(norm_sq, bound)
-        big += torch.tensordot(factors, per_sample, dims=1).view(big_shape)
+        big.addmv_(flat.t(), factors)  # in place: no chunk-sized temporary
         for name, g in small.items():
             sums[name] += torch.tensordot(factors, g[rows], dims=1)
-    return {big_name: big, **sums}
+    return {big_name: big.view(big_shape), **sums}

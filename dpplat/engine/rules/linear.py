@@ -29,7 +29,12 @@ def _weight_kernels(A: torch.Tensor):
 
 @register_rule(nn.Linear)
 class LinearRule(LayerRule):
-    """Weight gradient per sample is ``G_i^T A_i``; bias gradient is ``G_i`` summed over positions."""
+    """Weight gradient per sample is ``G_i^T A_i``; bias gradient is ``G_i`` summed over positions.
+
+    A subclass whose module stores its weight as (in, out) sets ``weight_transposed``: the norms do not see the
+    transpose, and the clipped weight sum, formed as (out, in), is transposed back."""
+
+    weight_transposed = False
 
     def forward(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         bias = module.bias.detach() if module.bias is not None else None
@@ -51,7 +56,7 @@ class LinearRule(LayerRule):
             grads["weight"] = _weight_kernels(A).weight_clipped_sum(A, G, factors)
         if trainable(ctx.module, "bias"):
             grads["bias"] = matmul.bias_clipped_sum(G, factors)
-        return grads
+        return self._stored_layout(grads)
 
     def clipped_grads_per_layer(self, ctx: RuleContext, bound: float) -> dict[str, torch.Tensor]:
         A, G = _fold(ctx)
@@ -59,6 +64,12 @@ class LinearRule(LayerRule):
             # 2-D input: the ghost norm is free; Triton: norms, then the clipped sum, neither instantiated
             return self.clipped_grads(ctx, clip_factors(self.norm_sq(ctx), bound))
         small = {"bias": G.sum(1)} if trainable(ctx.module, "bias") else {}
-        return fused_sum.clip_and_sum(
-            matmul.per_sample_weight_chunks(A, G), "weight", ctx.module.weight.shape, small, bound, A
-        )
+        out_in = torch.Size((G.shape[-1], A.shape[-1]))
+        return self._stored_layout(
+            fused_sum.clip_and_sum(matmul.per_sample_weight_chunks(A, G), "weight", out_in, small, bound, A))
+
+    def _stored_layout(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The clipped weight sum, formed as (out, in), in the layout the module stores its weight in."""
+        if self.weight_transposed and "weight" in grads:
+            grads["weight"] = grads["weight"].t().contiguous()
+        return grads
