@@ -7,8 +7,11 @@ hooks (flat and per-layer) and Opacus ghost clipping. Models: a 4-conv CNN
 B=256) and a small transformer encoder block (Embedding + LayerNorm + Linear
 attention/MLP, sequence 128); and a GPT-2-architecture language model from ``transformers``
 (6 layers, d = 512, 8 heads, sequence 256, a vocabulary of 8,192, B = 4, untied head), trained
-whole (``gpt2``) or through rank-8 LoRA adapters on its frozen base (``gpt2-lora``). A method that
-cannot run a model (Opacus's ghost clipping on this loss over (B, vocabulary, T) logits) says why in its row.
+whole (``gpt2``) or through rank-8 LoRA adapters on its frozen base (``gpt2-lora``); for a GPU, GPT-2 small's
+shape (124M parameters: 12 layers, d = 768, 12 heads, sequence 1024, a vocabulary of 50,257, B = 8), whole
+(``gpt2-small``) and with LoRA (``gpt2-small-lora``), randomly initialised (no download). ``--dtype bf16``
+runs every method's forward pass and loss under bf16 autocast. A method that cannot run a model says why in
+its row. The throughput column is tokens a second for the language models, examples a second otherwise.
 
 Time: all methods live in one process and are stepped in interleaved rounds (so
 drift in machine load hits them alike); we report medians. Memory: each method runs
@@ -18,6 +21,8 @@ a few steps in its own spawned child process; extra peak memory is the child's p
     python benchmarks/engine.py [--rounds 7] [--models cnn,mlp,transformer] [--device cpu|cuda]
     python benchmarks/engine.py --rounds 3 --models gpt2,gpt2-lora   # seconds a step on a 2-core CPU
     python benchmarks/engine.py --compile      # adds torch.compile rows (non-private and dpplat per-layer)
+    python benchmarks/engine.py --device cuda --dtype bf16 --rounds 3 --models gpt2-small-lora,gpt2-small \
+        --methods "non-private" "dpplat per-layer" "opacus ghost"        # FlashDP's setting, on a GPU
 """
 
 from __future__ import annotations
@@ -69,13 +74,14 @@ class CausalLM(nn.Module):
 
     Position ids are expanded to one row per sequence: the engine refuses an input the batch shares."""
 
-    def __init__(self, lora_rank: int = 0, vocab: int = 8192, d: int = 512, layers: int = 6, seq: int = 256):
+    def __init__(self, lora_rank: int = 0, vocab: int = 8192, d: int = 512, layers: int = 6, seq: int = 256,
+                 heads: int = 8):
         super().__init__()
         from transformers import GPT2Config, GPT2LMHeadModel
 
         from dpplat.models.lora import add_lora
 
-        config = GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=d, n_layer=layers, n_head=8,
+        config = GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=d, n_layer=layers, n_head=heads,
                             bos_token_id=vocab - 1, eos_token_id=vocab - 1, tie_word_embeddings=False)
         self.lm = GPT2LMHeadModel(config)
         if lora_rank:
@@ -104,11 +110,25 @@ class SequenceCrossEntropy(nn.Module):
         return per_sequence.mean() if self.reduction == "mean" else per_sequence.sum()
 
 
+# the language models' shapes: the CPU's small GPT-2 and GPT-2 small (124M) for a GPU
+LANGUAGE_MODELS = {
+    "gpt2": dict(vocab=8192, d=512, layers=6, heads=8, seq=256, batch=4),
+    "gpt2-small": dict(vocab=50257, d=768, layers=12, heads=12, seq=1024, batch=8),
+}
+
+
+def tokens_per_step(name: str) -> int | None:
+    shape = LANGUAGE_MODELS.get(name.removesuffix("-lora"))
+    return shape["batch"] * shape["seq"] if shape else None
+
+
 def build(name: str):
     torch.manual_seed(0)
-    if name in ("gpt2", "gpt2-lora"):
-        model = CausalLM(lora_rank=8 if name == "gpt2-lora" else 0)
-        tokens = torch.randint(0, 8192, (4, 257))
+    if name.removesuffix("-lora") in LANGUAGE_MODELS:
+        shape = dict(LANGUAGE_MODELS[name.removesuffix("-lora")])
+        batch = shape.pop("batch")
+        model = CausalLM(lora_rank=8 if name.endswith("-lora") else 0, **shape)
+        tokens = torch.randint(0, shape["vocab"], (batch, shape["seq"] + 1))
         return model, tokens[:, :-1], tokens[:, 1:]
     if name == "cnn":
         model = nn.Sequential(
@@ -130,13 +150,14 @@ METHODS = ["non-private", "dpplat per-layer", "dpplat per-layer, no noise", "dpp
 COMPILED = ["non-private (compiled)", "dpplat per-layer (compiled)"]  # --compile: torch.compile(model), inductor
 
 
-def make_method(method: str, model_name: str, device: str):
+def make_method(method: str, model_name: str, device: str, dtype: str = "float32"):
     """A closure that runs one training step of ``method`` on a fixed batch."""
     model, x, y = build(model_name)
     model, x, y = model.to(device), x.to(device), y.to(device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=len(x))
     criterion = SequenceCrossEntropy() if model_name.startswith("gpt2") else nn.CrossEntropyLoss()
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bf16")
     sigma, C = 1.0, 1.0
     compiled = method.endswith(" (compiled)")
     method = method.removesuffix(" (compiled)")
@@ -169,7 +190,8 @@ def make_method(method: str, model_name: str, device: str):
 
     def step():
         optimizer.zero_grad()
-        loss = criterion(model(x), y)
+        with autocast:
+            loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
         if device == "cuda":
@@ -183,9 +205,9 @@ def _status_mb(field: str) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
 
 
-def _memory_child(method, model_name, device, queue):
+def _memory_child(method, model_name, device, dtype, queue):
     try:
-        step = make_method(method, model_name, device)
+        step = make_method(method, model_name, device, dtype)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated() / 2**20
@@ -201,7 +223,7 @@ def _memory_child(method, model_name, device, queue):
         queue.put(f"n/a ({type(err).__name__}: {str(err)[:60]})")
 
 
-def extra_memory(methods, model_name, device) -> dict[str, float | str]:
+def extra_memory(methods, model_name, device, dtype) -> dict[str, float | str]:
     """Each method's extra peak memory, measured in its own child process.
 
     CPU children run one at a time (peak RSS needs a quiet machine). GPU children run together:
@@ -211,7 +233,7 @@ def extra_memory(methods, model_name, device) -> dict[str, float | str]:
     ctx = mp.get_context("spawn")  # fork after torch started its thread pool can deadlock
     results = {}
     for group in [list(methods)] if device == "cuda" else [[m] for m in methods]:
-        children = {m: (ctx.Process(target=_memory_child, args=(m, model_name, device, q)), q)
+        children = {m: (ctx.Process(target=_memory_child, args=(m, model_name, device, dtype, q)), q)
                     for m, q in ((m, ctx.Queue()) for m in group)}
         for proc, _ in children.values():
             proc.start()
@@ -221,11 +243,11 @@ def extra_memory(methods, model_name, device) -> dict[str, float | str]:
     return results
 
 
-def time_methods(methods, model_name, device, rounds, steps_per_round=2):
+def time_methods(methods, model_name, device, rounds, dtype, steps_per_round=2):
     steps, times = {}, {m: [] for m in methods}
     for m in methods:
         try:
-            steps[m] = make_method(m, model_name, device)
+            steps[m] = make_method(m, model_name, device, dtype)
             steps[m]()  # warm-up
         except Exception as err:
             steps[m] = f"n/a ({type(err).__name__}: {str(err)[:60]})"
@@ -254,6 +276,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--models", default="cnn,mlp,transformer")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bf16"), default="float32",
+                        help="bf16: every method's forward pass and loss under bf16 autocast")
     parser.add_argument("--compile", action="store_true",
                         help="also time non-private and dpplat per-layer under torch.compile (after a warm-up step)")
     parser.add_argument("--methods", nargs="+", default=None, help="a subset of the methods, each quoted (default: all)")
@@ -262,16 +286,19 @@ def main(argv=None):
     if "non-private" not in methods:
         parser.error("--methods must include non-private, the baseline of every ratio")
     print(f"machine: {machine()}" + (f", GPU {torch.cuda.get_device_name()}" if args.device == "cuda" else ""))
-    print(f"device: {args.device}; medians over {args.rounds} interleaved rounds of 2 steps\n")
-    print("| model | method | step time (ms) | time / non-private | extra peak memory (MB) | memory / non-private |")
-    print("|---|---|---|---|---|---|")
+    print(f"device: {args.device}, {args.dtype}; medians over {args.rounds} interleaved rounds of 2 steps\n")
+    print("| model | method | step time (ms) | time / non-private | throughput (/s) | extra peak memory (MB) "
+          "| memory / non-private |")
+    print("|---|---|---|---|---|---|---|")
     for model_name in args.models.split(","):
-        times = time_methods(methods, model_name, args.device, args.rounds)
-        mems = extra_memory(methods, model_name, args.device)
+        times = time_methods(methods, model_name, args.device, args.rounds, args.dtype)
+        mems = extra_memory(methods, model_name, args.device, args.dtype)
+        per_step = tokens_per_step(model_name) or len(build(model_name)[1])
         base_t, base_m = times["non-private"], mems["non-private"]
         for m in methods:
             t, mem = times[m], mems[m]
-            t_txt = f"{t * 1000:.1f} | {t / base_t:.2f}x" if isinstance(t, float) else f"{t} | -"
+            t_txt = (f"{t * 1000:.1f} | {t / base_t:.2f}x | {per_step / t:,.0f}" if isinstance(t, float)
+                     else f"{t} | - | -")
             m_txt = f"{mem:.0f} | {mem / base_m:.2f}x" if isinstance(mem, float) and base_m > 0 else f"{mem} | -"
             print(f"| {model_name} | {m} | {t_txt} | {m_txt} |", flush=True)
 

@@ -9,8 +9,15 @@
 # cifar10_jpeg.npz, SHA256SUMS from ../shared/data). Results under $OUT: log.txt (this script's
 # output), tests.txt, engine.md and zoo.tar.gz (a SQLite run store and a log per training run;
 # each store holds the per-epoch test accuracy even for a run stopped at its time limit).
+#
+# PART=lm runs only the language-model table instead (under 10 minutes): GPT-2 small's shape (124M, sequence 1024)
+# in bf16, whole and with LoRA, non-private against dpplat per-layer and Opacus's ghost clipping, with tokens a
+# second. It needs transformers: .whl/ then also holds transformers, tokenizers, safetensors, huggingface_hub and
+# regex (pip download --no-deps, for the machine's Python).
 set -u
 OUT=${OUT:-/tmp/gpu-lease}
+PART=${PART:-all}
+LM_LIMIT=${LM_LIMIT:-480}
 ZOO_LIMIT=${ZOO_LIMIT:-320}     # seconds each training run may take
 TEST_LIMIT=${TEST_LIMIT:-240}
 DEVICE=${DEVICE:-cuda}          # cpu only to try this script out on a machine without a GPU
@@ -24,6 +31,14 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
 export PYTHONPATH=/tmp/site:$PWD DPPLAT_DATA=$PWD/.devdata PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, opacus, os; print('torch', torch.__version__, '| opacus', opacus.__version__, '|', torch.cuda.is_available() and torch.cuda.get_device_name(), '|', os.cpu_count(), 'cores')"
+if [ "$PART" = lm ]; then
+  say "language-model table: GPT-2 small's shape, bf16"
+  timeout -s INT -k 15 "$LM_LIMIT" python3 benchmarks/engine.py --device "$DEVICE" --dtype bf16 --rounds 3 \
+    --models gpt2-small-lora,gpt2-small --methods "non-private" "dpplat per-layer" "opacus ghost" > "$OUT/engine-lm.md" 2>&1
+  say "engine exit $?"
+  grep -v Warning "$OUT/engine-lm.md"
+  exit 0
+fi
 say "decoding CIFAR-10 once (cached for the runs)"
 python3 -c "from dpplat.data import load_arrays; load_arrays('cifar10-jpeg')" || say "CIFAR-10 decode failed"
 

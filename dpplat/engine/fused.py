@@ -111,6 +111,15 @@ def _tapped_forward(module: nn.Module, *args, **kwargs):
     return _tap(module, (rule.forward(module, x),), (x,))
 
 
+def _check_half_precision_overflow(layer: Layer, grads: tuple[torch.Tensor, ...]) -> None:
+    """Refuse fp16 output gradients that overflowed: an infinite norm would clip to NaN, silently."""
+    if any(g.dtype == torch.float16 and not torch.isfinite(g).all() for g in grads):
+        raise FloatingPointError(
+            f"the float16 gradient reaching '{layer.name}' overflowed (inf or nan): float16 cannot hold it, and "
+            "clipping an infinite norm gives NaN. Train under bfloat16 autocast instead (float32's range), or "
+            "scale the loss down. A GradScaler does not help here: clipping must see the unscaled gradients.")
+
+
 class DPModule(nn.Module):
     """Wraps a model so that its backward pass leaves clipped, summed gradients in ``.grad``.
 
@@ -202,6 +211,7 @@ class DPModule(nn.Module):
         # parameters' own dtype, so the noise is drawn and added in float32 too. A rule with several inputs
         # gets tuples, each pair cast alike.
         several = isinstance(x, tuple)
+        _check_half_precision_overflow(layer, grad_out if several else (grad_out,))
         xs = tuple(t.float() if t.is_floating_point() and t.dtype in LOW_PRECISION else t
                    for t in (x if several else (x,)))
         gs = tuple(g.float() if g.dtype in LOW_PRECISION else g for g in (grad_out if several else (grad_out,)))

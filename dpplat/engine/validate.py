@@ -18,6 +18,7 @@ def check_module(module: nn.Module) -> list[tuple[str, nn.Module, LayerRule]]:
     cover, or one that two modules share (tied weights): no parameter may train
     without DP, nor under two clipping groups.
     """
+    _check_frozen_bases(module)
     groups = []
     owners: dict[int, str] = {}  # id of each trainable parameter -> the name it was first seen under
     for name, sub in module.named_modules():
@@ -56,6 +57,24 @@ def check_module(module: nn.Module) -> list[tuple[str, nn.Module, LayerRule]]:
     if not groups:
         raise ValueError("the model has no trainable parameters: nothing to train privately.")
     return groups
+
+
+def _check_frozen_bases(module: nn.Module) -> None:
+    """Refuse an adapter model (LoRA) whose frozen base layers were made trainable again.
+
+    A module with a ``frozen_base`` submodule (:class:`dpplat.models.lora.LoRALinear`) trains only its adapters;
+    a trainable base would silently become clipping groups of its own, with per-sample work and noise on every
+    pretrained weight. The message counts the unexpected parameters and names the first ones."""
+    frozen = {id(p) for sub in module.modules() if isinstance(getattr(sub, "frozen_base", None), nn.Module)
+              for p in sub.frozen_base.parameters()}
+    stray = [(n, p) for n, p in module.named_parameters() if p.requires_grad and id(p) in frozen]
+    if stray:
+        names = ", ".join(n for n, _ in stray[:3]) + (", ..." if len(stray) > 3 else "")
+        count = sum(p.numel() for _, p in stray)
+        raise ValueError(
+            f"{count:,} unexpected trainable parameters ({len(stray)} tensors: {names}) in the frozen base layers "
+            "of LoRA adapters: only the adapters should train. Freeze them with "
+            "dpplat.models.lora.freeze_bases(model), or train those layers whole without adapters.")
 
 
 def _tied_message(first: str, second: str) -> str:

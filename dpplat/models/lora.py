@@ -46,8 +46,21 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_b.weight)
         self.scale = alpha / rank
 
+    @property
+    def frozen_base(self) -> nn.Module:
+        """The pretrained layer, which must stay frozen (the engine refuses a trainable one)."""
+        return self.base
+
     def forward(self, x):
         return self.base(x) + self.scale * self.lora_b(self.lora_a(x))
+
+
+def freeze_bases(model: nn.Module) -> nn.Module:
+    """Freeze the base layer of every :class:`LoRALinear` in ``model`` (after, say, ``model.requires_grad_(True)``)."""
+    for module in model.modules():
+        if isinstance(module, LoRALinear):
+            module.base.requires_grad_(False)
+    return model
 
 
 def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0,

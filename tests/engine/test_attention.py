@@ -155,3 +155,21 @@ def test_an_input_shared_by_the_batch_is_refused_and_exact_once_expanded():
     with pytest.raises(RuntimeError, match=r"module .positions. got an input of 1 rows where module .tokens. got 4.*expand"):
         check_rule(PositionEmbedding(shared=True), ids)
     check_rule(PositionEmbedding(shared=False), ids, C=0.3)
+
+
+class AttentionWeightsInTheLoss(nn.Module):
+    """Self-attention whose returned weights (need_weights=True, per head) feed the output as well."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        out, weights = self.attn(x, x, x, need_weights=True, average_attn_weights=False)
+        return torch.cat([out, weights.transpose(1, 2).flatten(2)], dim=-1)  # (B, T, 8 + heads * T)
+
+
+@pytest.mark.parametrize("clipping", CLIPPINGS)
+def test_gradients_through_the_returned_attention_weights_match_the_per_sample_loop(clipping):
+    torch.manual_seed(0)
+    check_rule(AttentionWeightsInTheLoss(), torch.randn(4, 5, 8), clipping=clipping, C=0.3)

@@ -62,3 +62,51 @@ def test_the_noise_is_float32_under_autocast():
     loss.backward()
     opt.step()
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in m.parameters())
+
+
+@pytest.mark.parametrize("clipping", ["per_layer", "flat"])
+def test_each_example_stays_within_its_bound_in_fp16(clipping):
+    m = model()
+    dp = DPModule(m, max_grad_norm=0.5, clipping=clipping, loss_reduction="sum")
+    x, y = torch.randn(4, 20), torch.randint(0, 5, (4,))
+    for i in range(4):
+        for p in m.parameters():
+            p.grad = None
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = nn.functional.cross_entropy(dp(x[i:i + 1]), y[i:i + 1], reduction="sum")
+        loss.backward()
+        dp.finish_flat_clipping()
+        norm = torch.sqrt(sum(p.grad.float().square().sum() for p in m.parameters()))
+        assert torch.isfinite(norm) and norm <= 0.5 * len(dp.clipping_groups) ** 0.5 * (1 + 1e-3)
+
+
+def test_an_fp16_gradient_that_overflows_is_refused_in_one_clear_line():
+    m = model()
+    dp = DPModule(m, max_grad_norm=0.5)
+    x, y = torch.randn(4, 20), torch.randint(0, 5, (4,))
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = nn.functional.cross_entropy(dp(x), y) * 1e6  # beyond float16's 65,504 once back-propagated
+    with pytest.raises(FloatingPointError, match="float16 gradient reaching '3' overflowed.*bfloat16"):
+        loss.backward()
+
+
+def test_bf16_parameters_get_their_noise_in_float32():
+    """The noise is added to the float32 clipped sum and the mean is cast back to bf16 once, never rounded to bf16's
+    8 bits before it is added: the result equals that float32 computation, with the same draws, exactly."""
+    m = model().to(torch.bfloat16)
+    dp = DPModule(m, max_grad_norm=0.5)
+    opt = DPOptimizer(torch.optim.SGD(m.parameters(), lr=0.1), dp, noise_multiplier=0.3, expected_batch_size=8,
+                      generator=torch.Generator().manual_seed(5))
+    x, y = torch.randn(8, 20, dtype=torch.bfloat16), torch.randint(0, 5, (8,))
+    nn.functional.cross_entropy(dp(x), y).backward()
+    clipped = {n: p.grad.float() for n, p in m.named_parameters()}
+    opt.privatise_gradients()
+    draws = torch.Generator().manual_seed(5)
+    rounded_early = 0
+    for n, p in m.named_parameters():
+        noise = torch.empty(p.numel()).normal_(0.0, opt.noise_std, generator=draws).view(p.shape)
+        assert p.grad.dtype == torch.bfloat16
+        assert torch.equal(p.grad, ((clipped[n] + noise) / 8).to(torch.bfloat16)), n
+        in_bf16 = (clipped[n].to(torch.bfloat16) + noise.to(torch.bfloat16)) / 8
+        rounded_early += int((in_bf16 != p.grad).sum())
+    assert rounded_early > 0  # the check above tells the two orders apart

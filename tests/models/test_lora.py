@@ -6,7 +6,7 @@ from torch import nn
 
 from dpplat.engine import DPModule
 from dpplat.engine.rules.linear import LinearRule
-from dpplat.models.lora import LoRALinear, add_lora
+from dpplat.models.lora import LoRALinear, add_lora, freeze_bases
 from tests.engine.reference import check_rule
 
 
@@ -73,3 +73,17 @@ def test_adapters_wrap_a_transposed_linear_layer_too():
     assert sorted(got) == ["0.lora_a.weight", "0.lora_b.weight", "2.lora_a.weight", "2.lora_b.weight"]
     with pytest.raises(ValueError, match="adapts an nn.Linear or a transposed linear layer"):
         LoRALinear(nn.Conv2d(2, 2, 3))
+
+
+def test_a_trainable_base_is_refused_with_the_count_and_frozen_again_by_freeze_bases():
+    model = add_lora(pretrained(), rank=2)
+    model[0].base.requires_grad_(True)  # 12 x 16 weights and 16 biases made trainable by mistake
+    with pytest.raises(ValueError) as err:
+        DPModule(model, max_grad_norm=1.0)
+    message = str(err.value)
+    assert "208 unexpected trainable parameters" in message and "0.base.weight" in message
+    assert "freeze_bases" in message
+    assert DPModule(freeze_bases(model), max_grad_norm=1.0).clipping_groups == [
+        "0.lora_a", "0.lora_b", "3.lora_a", "3.lora_b"]
+    model[1].requires_grad_(True)  # a trainable layer outside the adapters' bases is the user's choice
+    assert "1" in DPModule(model, max_grad_norm=1.0).clipping_groups
