@@ -54,10 +54,13 @@ def add_gaussian_noise_(
 
     Torch's generator fills a reused buffer of at most 2^20 values at a time, so the
     noise for a large parameter never needs a second parameter-sized tensor (and its
-    page faults) in memory.
+    page faults) in memory. A bf16 or fp16 tensor gets its noise added to a float32 copy,
+    cast back once, so the noise is not first rounded to the low precision's few bits.
     """
     if std == 0:
         return tensor
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        return tensor.copy_(add_gaussian_noise_(tensor.float(), std, secure=secure, generator=generator))
     if secure or not tensor.is_contiguous():
         return tensor.add_(gaussian_noise(tensor, std, secure=secure, generator=generator))
     flat = tensor.view(-1)

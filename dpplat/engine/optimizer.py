@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch.optim import Optimizer
 
-from dpplat.engine.fused import LOW_PRECISION, DPModule
+from dpplat.engine.fused import DPModule
 from dpplat.engine.noise import add_gaussian_noise_
 
 
@@ -104,18 +104,11 @@ class DPOptimizer:
                 p.grad = torch.zeros_like(p)
         if self.distributed:
             self._all_reduce_with_noise_once(params)
+        else:
             for p in params:
-                p.grad.div_(self.expected_batch_size)
-            return
+                add_gaussian_noise_(p.grad, self._drawn_std, secure=self.secure_mode, generator=self.generator)
         for p in params:
-            p.grad = self._noisy_mean(p.grad)
-
-    def _noisy_mean(self, clipped_sum: torch.Tensor) -> torch.Tensor:
-        """``(clipped_sum + noise) / expected_batch_size``, in place; a bf16/fp16 sum gets its noise in float32 and
-        is cast back once, so the noise is not rounded to the low precision's few bits before it is added."""
-        work = clipped_sum.float() if clipped_sum.dtype in LOW_PRECISION else clipped_sum
-        add_gaussian_noise_(work, self._drawn_std, secure=self.secure_mode, generator=self.generator)
-        return work.div_(self.expected_batch_size).to(clipped_sum.dtype)
+            p.grad.div_(self.expected_batch_size)
 
     def _all_reduce_with_noise_once(self, params: list) -> None:
         """Data parallel: rank 0 adds the one N(0, sigma^2 C^2) draw to its share, then the shares are summed.

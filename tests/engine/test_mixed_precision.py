@@ -77,7 +77,7 @@ def test_each_example_stays_within_its_bound_in_fp16(clipping):
         loss.backward()
         dp.finish_flat_clipping()
         norm = torch.sqrt(sum(p.grad.float().square().sum() for p in m.parameters()))
-        assert torch.isfinite(norm) and norm <= 0.5 * len(dp.clipping_groups) ** 0.5 * (1 + 1e-3)
+        assert torch.isfinite(norm) and norm <= 0.5 * (1 + 1e-3)  # per-layer bounds C / sqrt(L) add up to C
 
 
 def test_an_fp16_gradient_that_overflows_is_refused_in_one_clear_line():
@@ -91,8 +91,8 @@ def test_an_fp16_gradient_that_overflows_is_refused_in_one_clear_line():
 
 
 def test_bf16_parameters_get_their_noise_in_float32():
-    """The noise is added to the float32 clipped sum and the mean is cast back to bf16 once, never rounded to bf16's
-    8 bits before it is added: the result equals that float32 computation, with the same draws, exactly."""
+    """The noise is added to the float32 clipped sum and cast back to bf16 once, never rounded to bf16's 8 bits
+    before it is added: the result equals that float32 computation, with the same draws, exactly."""
     m = model().to(torch.bfloat16)
     dp = DPModule(m, max_grad_norm=0.5)
     opt = DPOptimizer(torch.optim.SGD(m.parameters(), lr=0.1), dp, noise_multiplier=0.3, expected_batch_size=8,

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from dpplat.engine.rules import fused_sum
+
 # Per-sample gradients are instantiated for at most this many floats at a time.
 CHUNK_FLOATS = 1 << 22
 
@@ -45,7 +47,7 @@ def weight_norm_sq(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
         return out
     out = A.new_empty(N)
     for rows, per_sample in per_sample_weight_chunks(A, G):
-        out[rows] = per_sample.square().sum((1, 2))
+        out[rows] = fused_sum.row_norm_sq(per_sample)
     return out
 
 

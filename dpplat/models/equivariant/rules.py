@@ -55,7 +55,7 @@ class ExpandedConvRule(LayerRule):
         total = ctx.x.new_zeros(ctx.num_samples)
         for rows, w, b in self._chunks(ctx):
             if trainable(ctx.module, "weight"):
-                total[rows] += w.flatten(1).square().sum(1)
+                total[rows] += fused_sum.row_norm_sq(w)
             if b is not None and trainable(ctx.module, "bias"):
                 total[rows] += b.square().sum(1)
         return total
