@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -71,3 +73,57 @@ def add_gaussian_noise_(
         noise.normal_(0.0, std, generator=generator)
         part.add_(noise)
     return tensor
+
+
+_PARALLEL_MIN = 1 << 22  # from this many values on the CPU, the noise is drawn block by block on several threads
+
+
+def add_gaussian_noise_all_(
+    tensors: list[torch.Tensor], std: float, *, secure: bool = False, generator: torch.Generator | None = None
+) -> None:
+    """Add independent N(0, std^2) noise to every tensor of ``tensors`` in place.
+
+    Torch's CPU generator draws on one thread, which makes the noise for a model of tens of
+    millions of parameters a visible share of a step. From ``_PARALLEL_MIN`` values of contiguous
+    CPU float tensors on, each block of ``_CHUNK`` values gets its own generator, seeded from
+    ``generator`` with a 63-bit seed drawn in order, and the blocks are drawn on
+    ``torch.get_num_threads()`` threads. Which thread draws a block does not change its values,
+    so the noise depends on the generator's state, never on the thread count. Secure noise, GPU
+    tensors and small models take :func:`add_gaussian_noise_` tensor by tensor.
+    """
+    blocks = _parallel_blocks(tensors, secure) if std else None
+    if blocks is None:
+        for tensor in tensors:
+            add_gaussian_noise_(tensor, std, secure=secure, generator=generator)
+        return
+    seeds = torch.randint(0, 2**63 - 1, (len(blocks),), generator=generator).tolist()
+    local = threading.local()  # one reused buffer per thread and dtype
+
+    def draw(index: int) -> None:
+        part = blocks[index]
+        buffers = local.__dict__.setdefault("buffers", {})
+        if part.dtype not in buffers:
+            buffers[part.dtype] = torch.empty(_CHUNK, dtype=part.dtype)
+        noise = buffers[part.dtype][: part.numel()]
+        noise.normal_(0.0, std, generator=torch.Generator().manual_seed(seeds[index]))
+        part.add_(noise)
+
+    # Blocks go to whichever thread is free, largest first, so a model's big weights do not all land on one thread.
+    order = sorted(range(len(blocks)), key=lambda index: -blocks[index].numel())
+    threads = min(torch.get_num_threads(), len(blocks))
+    if threads <= 1:
+        for index in order:
+            draw(index)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(draw, order))
+
+
+def _parallel_blocks(tensors: list[torch.Tensor], secure: bool) -> list[torch.Tensor] | None:
+    """The ``_CHUNK``-sized flat views the parallel draw fills, or None where it does not apply."""
+    if secure or sum(t.numel() for t in tensors) < _PARALLEL_MIN:
+        return None
+    if any(t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or not t.is_contiguous()
+           for t in tensors):
+        return None
+    return [t.view(-1)[start : start + _CHUNK] for t in tensors for start in range(0, t.numel(), _CHUNK)]

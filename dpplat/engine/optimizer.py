@@ -13,7 +13,7 @@ import torch
 from torch.optim import Optimizer
 
 from dpplat.engine.fused import DPModule
-from dpplat.engine.noise import add_gaussian_noise_
+from dpplat.engine.noise import add_gaussian_noise_all_
 
 
 class PrivacyBudgetExceeded(RuntimeError):
@@ -105,8 +105,8 @@ class DPOptimizer:
         if self.distributed:
             self._all_reduce_with_noise_once(params)
         else:
-            for p in params:
-                add_gaussian_noise_(p.grad, self._drawn_std, secure=self.secure_mode, generator=self.generator)
+            add_gaussian_noise_all_([p.grad for p in params], self._drawn_std, secure=self.secure_mode,
+                                    generator=self.generator)
         for p in params:
             p.grad.div_(self.expected_batch_size)
 
@@ -121,8 +121,8 @@ class DPOptimizer:
         import torch.distributed as dist
 
         if dist.get_rank() == 0 or self.noise_on_every_rank:
-            for p in params:
-                add_gaussian_noise_(p.grad, self._drawn_std, secure=self.secure_mode, generator=self.generator)
+            add_gaussian_noise_all_([p.grad for p in params], self._drawn_std, secure=self.secure_mode,
+                                    generator=self.generator)
         flat = torch.cat([p.grad.reshape(-1) for p in params])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0

@@ -34,9 +34,9 @@ def test_micro_batches_add_up_to_the_logical_batchs_clipped_sum(clipping):
 
 def test_the_noise_is_drawn_once_per_logical_step(monkeypatch):
     calls = []
-    draw = optimizer_module.add_gaussian_noise_
-    monkeypatch.setattr(optimizer_module, "add_gaussian_noise_", lambda g, std, **kw: calls.append(g.shape) or
-                        draw(g, std, **kw))
+    draw = optimizer_module.add_gaussian_noise_all_
+    monkeypatch.setattr(optimizer_module, "add_gaussian_noise_all_", lambda grads, std, **kw: calls.append(
+                        [g.shape for g in grads]) or draw(grads, std, **kw))
     m = model()
     dp = DPModule(m, max_grad_norm=1.0)
     opt = DPOptimizer(torch.optim.SGD(m.parameters(), lr=0.1), dp, noise_multiplier=1.0, expected_batch_size=10)
@@ -44,7 +44,7 @@ def test_the_noise_is_drawn_once_per_logical_step(monkeypatch):
     for xb, wb in micro_batches(x, w, max_rows=2):
         row_losses(dp(xb), wb).mean().backward()
     opt.step()
-    assert len(calls) == len(list(m.parameters()))  # one draw per parameter, not one per micro-batch
+    assert calls == [[p.shape for p in m.parameters()]]  # one draw per logical step, not one per micro-batch
 
 
 def test_an_empty_batch_is_one_micro_batch_and_bad_sizes_are_refused():
