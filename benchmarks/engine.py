@@ -12,6 +12,9 @@ shape (124M parameters: 12 layers, d = 768, 12 heads, sequence 1024, a vocabular
 (``gpt2-small``) and with LoRA (``gpt2-small-lora``), randomly initialised (no download). ``--dtype bf16``
 runs every method's forward pass and loss under bf16 autocast. A method that cannot run a model says why in
 its row. The throughput column is tokens a second for the language models, examples a second otherwise.
+``zoo:NAME`` is the zoo's model NAME as trained on MNIST (28x28x1, B = 2048), e.g. ``zoo:cnn,zoo:c4-cnn``.
+"dpplat per-layer, one-thread noise" draws the noise as torch's generator does, on one thread, to show what
+the engine's block-parallel draw saves.
 
 Time: all methods live in one process and are stepped in interleaved rounds (so
 drift in machine load hits them alike); we report medians. Memory: each method runs
@@ -20,6 +23,10 @@ a few steps in its own spawned child process; extra peak memory is the child's p
 
     python benchmarks/engine.py [--rounds 7] [--models cnn,mlp,transformer] [--device cpu|cuda]
     python benchmarks/engine.py --rounds 3 --models gpt2,gpt2-lora   # seconds a step on a 2-core CPU
+    python benchmarks/engine.py --rounds 5 --models gpt2 --methods "non-private" "dpplat per-layer" \
+        "dpplat per-layer, one-thread noise" "dpplat per-layer, no noise"     # the noise draw's share
+    OMP_NUM_THREADS=1 python benchmarks/engine.py --rounds 5 --models zoo:cnn,zoo:c4-cnn \
+        --methods "non-private" "dpplat per-layer"                            # the zoo's MNIST models
     python benchmarks/engine.py --compile      # adds torch.compile rows (non-private and dpplat per-layer)
     python benchmarks/engine.py --device cuda --dtype bf16 --rounds 3 --models gpt2-small-lora,gpt2-small \
         --methods "non-private" "dpplat per-layer" "opacus ghost"        # FlashDP's setting, on a GPU
@@ -35,13 +42,15 @@ import platform
 import statistics
 import time
 import warnings
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dpplat import PrivacyEngine
+from dpplat import PrivacyEngine, models
+from dpplat.engine import noise
 
 warnings.filterwarnings("ignore")
 
@@ -130,6 +139,8 @@ def build(name: str):
         model = CausalLM(lora_rank=8 if name.endswith("-lora") else 0, **shape)
         tokens = torch.randint(0, shape["vocab"], (batch, shape["seq"] + 1))
         return model, tokens[:, :-1], tokens[:, 1:]
+    if name.startswith("zoo:"):
+        return models.create(name.removeprefix("zoo:")), torch.randn(2048, 1, 28, 28), torch.randint(0, 10, (2048,))
     if name == "cnn":
         model = nn.Sequential(
             nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -146,7 +157,7 @@ def build(name: str):
     raise ValueError(name)
 
 
-METHODS = ["non-private", "dpplat per-layer", "dpplat per-layer, no noise", "dpplat flat", "opacus hooks flat", "opacus hooks per-layer", "opacus ghost"]
+METHODS = ["non-private", "dpplat per-layer", "dpplat per-layer, one-thread noise", "dpplat per-layer, no noise", "dpplat flat", "opacus hooks flat", "opacus hooks per-layer", "opacus ghost"]
 COMPILED = ["non-private (compiled)", "dpplat per-layer (compiled)"]  # --compile: torch.compile(model), inductor
 
 
@@ -160,6 +171,7 @@ def make_method(method: str, model_name: str, device: str, dtype: str = "float32
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bf16")
     sigma, C = 1.0, 1.0
     compiled = method.endswith(" (compiled)")
+    noise_draw = _one_thread_noise if method.endswith(", one-thread noise") else nullcontext
     method = method.removesuffix(" (compiled)")
     if method == "non-private":
         pass
@@ -193,11 +205,23 @@ def make_method(method: str, model_name: str, device: str, dtype: str = "float32
         with autocast:
             loss = criterion(model(x), y)
         loss.backward()
-        optimizer.step()
+        with noise_draw():
+            optimizer.step()
         if device == "cuda":
             torch.cuda.synchronize()
 
     return step
+
+
+@contextmanager
+def _one_thread_noise():
+    """The engine's noise drawn tensor by tensor on one thread, as torch's generator draws it."""
+    threshold = noise._PARALLEL_MIN
+    noise._PARALLEL_MIN = math.inf
+    try:
+        yield
+    finally:
+        noise._PARALLEL_MIN = threshold
 
 
 def _status_mb(field: str) -> float:
