@@ -52,7 +52,7 @@ def test_noise_free_training_on_the_device_takes_the_cpu_runs_steps(model, monke
 
     A run that drew other batches ends about as far from the CPU run as training moved the weights.
     Rounding alone stays far below that: on an H200 with cuDNN's TF32 convolutions (torch's default)
-    the largest difference was 6% of the largest move for c4-cnn and 3% for scatnet-cnn-datanorm.
+    the largest difference was 6% of the largest move for a C4 CNN of 6-12 fields and 3% for scatnet-cnn-datanorm.
     cuDNN's TF32 is off here (torch's matrix products default to full float32); the bound allows for TF32 all the same.
     """
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

@@ -46,14 +46,14 @@ def register_variants(build: Callable[..., nn.Module], variants, *, family: str,
                       image_size: int, invariant_to: str | None) -> None:
     """Register ``build(group, width, num_classes, in_channels, image_size)`` once per (name, group, width,
     description): one architecture, several groups, each its own registry entry, all invariant to
-    ``invariant_to``."""
+    ``invariant_to``. ``width`` is whatever size argument ``build`` takes (a field count, or a tuple)."""
     for name, group, width, description in variants:
         builder = partial(_build_variant, build, group, width, in_channels=in_channels, image_size=image_size)
         register_model(name, family=family, group=group, description=description,
                        invariant_to=invariant_to)(builder)
 
 
-def _build_variant(build, group: str, width: int, *, num_classes: int = 10, in_channels: int, image_size: int):
+def _build_variant(build, group: str, width, *, num_classes: int = 10, in_channels: int, image_size: int):
     return build(group, width, num_classes, in_channels, image_size)
 
 
