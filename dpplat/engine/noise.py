@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from dpplat.engine.fused import LOW_PRECISION
+
 
 def secure_uniform(n: int) -> np.ndarray:
     """``n`` float64 values uniform on (0, 1], from 53 random bits each of ``os.urandom``."""
@@ -61,18 +63,22 @@ def add_gaussian_noise_(
     """
     if std == 0:
         return tensor
-    if tensor.dtype in (torch.float16, torch.bfloat16):
+    if tensor.dtype in LOW_PRECISION:
         return tensor.copy_(add_gaussian_noise_(tensor.float(), std, secure=secure, generator=generator))
     if secure or not tensor.is_contiguous():
         return tensor.add_(gaussian_noise(tensor, std, secure=secure, generator=generator))
     flat = tensor.view(-1)
     buffer = torch.empty(min(_CHUNK, flat.numel()), dtype=tensor.dtype, device=tensor.device)
     for start in range(0, flat.numel(), _CHUNK):
-        part = flat[start : start + _CHUNK]
-        noise = buffer[: part.numel()]
-        noise.normal_(0.0, std, generator=generator)
-        part.add_(noise)
+        _add_block_noise_(flat[start : start + _CHUNK], buffer, std, generator)
     return tensor
+
+
+def _add_block_noise_(part: torch.Tensor, buffer: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
+    """Add N(0, std^2) noise to the flat ``part`` through ``buffer`` (at least ``part``'s size)."""
+    noise = buffer[: part.numel()]
+    noise.normal_(0.0, std, generator=generator)
+    part.add_(noise)
 
 
 _PARALLEL_MIN = 1 << 22  # from this many values on the CPU, the noise is drawn block by block on several threads
@@ -101,12 +107,11 @@ def add_gaussian_noise_all_(
 
     def draw(index: int) -> None:
         part = blocks[index]
-        buffers = local.__dict__.setdefault("buffers", {})
-        if part.dtype not in buffers:
-            buffers[part.dtype] = torch.empty(_CHUNK, dtype=part.dtype)
-        noise = buffers[part.dtype][: part.numel()]
-        noise.normal_(0.0, std, generator=torch.Generator().manual_seed(seeds[index]))
-        part.add_(noise)
+        if not hasattr(local, "buffers"):
+            local.buffers = {}
+        if part.dtype not in local.buffers:
+            local.buffers[part.dtype] = torch.empty(_CHUNK, dtype=part.dtype)
+        _add_block_noise_(part, local.buffers[part.dtype], std, torch.Generator().manual_seed(seeds[index]))
 
     # Blocks go to whichever thread is free, largest first, so a model's big weights do not all land on one thread.
     order = sorted(range(len(blocks)), key=lambda index: -blocks[index].numel())

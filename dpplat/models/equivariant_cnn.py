@@ -2,9 +2,9 @@
 
 The layout follows the plain ``cnn`` (a private step of ``c4-cnn`` costs about 1.3 times the cnn's): a
 strided 8x8 lifting convolution and a strided 3x3 group convolution, each followed by Mish, GroupNorm over
-whole fields without affine parameters (Hölzl, Rueckert & Kaissis 2023) and a 2x2 max-pool of stride 1. An even kernel of stride
-2 on an even-sized map, and an odd one on an odd-sized map, sample the grid symmetrically, so every
-layer is exactly equivariant; that is why the side must be a multiple of 4.
+whole fields without affine parameters (Hölzl, Rueckert & Kaissis 2023) and a 2x2 max-pool of stride 1.
+An even kernel of stride 2 on an even-sized map, and an odd one on an odd-sized map, sample the grid
+symmetrically, so every layer is exactly equivariant; that is why the side must be a multiple of 4.
 
 The head keeps orientation. It pools each field over the half turn only (a 6 is a 9 turned by 180
 degrees, but a 6 rotated by 90 degrees is no digit), then flattens fields, the remaining orientations
@@ -20,7 +20,7 @@ from torch import nn
 from dpplat.models.equivariant import FieldGroupNorm, GroupPool, Restrict, get_group, group_conv, lifting_conv
 from dpplat.models.registry import register_variants
 
-HIDDEN = 16  # the head's hidden units where a variant names none
+HIDDEN = 16  # the head's hidden units in d4-cnn, c8-cnn, d8-cnn and c4-scatnet
 
 
 def check_image_size(name: str, image_size: int) -> None:
@@ -36,11 +36,11 @@ def _block(conv: nn.Module, fields: int, group: str) -> list[nn.Module]:
             nn.MaxPool2d(2, stride=1)]
 
 
-def equivariant_cnn(group: str, layout: int | tuple[int, int], num_classes: int, in_channels: int,
+def equivariant_cnn(group: str, layout: tuple[int, int], num_classes: int, in_channels: int,
                     image_size: int) -> nn.Sequential:
     """``Sequential(body, head)``: the body maps images to ``group`` feature maps (2 x ``fields`` fields);
-    the head pools the half turn and classifies. ``layout`` is ``fields``, or ``(fields, hidden units)``."""
-    fields, hidden = layout if isinstance(layout, tuple) else (layout, HIDDEN)
+    the head pools the half turn and classifies with ``hidden`` units; ``layout`` is ``(fields, hidden)``."""
+    fields, hidden = layout
     check_image_size(f"{group.lower()}-cnn", image_size)
     order = get_group(group).order
     body = nn.Sequential(
@@ -56,20 +56,20 @@ def equivariant_cnn(group: str, layout: int | tuple[int, int], num_classes: int,
 
 
 _HEAD = "Mish, GroupNorm without parameters, a head that keeps orientation (pools the half turn only)"
-# name, group, fields of the first layer (and the head's hidden units), what the registry says (parameter counts as
+# name, group, (fields of the first layer, the head's hidden units), what the registry says (parameter counts as
 # tested). c4-cnn's 4-8 fields and 32 hidden units (the cnn's head width) beat 6-12 fields with 16 on MNIST at ε = 1
 # at 0.6 of the step time (benchmarks/README.md).
 _VARIANTS = (
-    ("c4-cnn", "C4", (4, 32), f"C4 CNN in Tramer & Boneh's strided layout, 4-8 fields, {_HEAD} and 32 hidden units; "
-                              "20,214 parameters on MNIST."),
-    ("d4-cnn", "D4", 4, f"D4 CNN in Tramer & Boneh's strided layout, 4-8 fields, {_HEAD}; 21,190 parameters on "
-                        "MNIST."),
-    ("c8-cnn", "C8", 4, f"C8 CNN with steerable filters in Tramer & Boneh's strided layout, 4-8 fields, {_HEAD}; "
-                        "20,310 parameters on MNIST (exactly equivariant to its quarter turns, to the others up to "
-                        "sampling)."),
-    ("d8-cnn", "D8", 2, f"D8 CNN with steerable filters in Tramer & Boneh's strided layout, 2-4 fields, {_HEAD}; "
-                        "19,464 parameters on MNIST (exactly equivariant to its quarter turns and flips, to the "
-                        "others up to sampling)."),
+    ("c4-cnn", "C4", (4, 32), f"C4 CNN in Tramer & Boneh's strided layout, 4-8 fields, {_HEAD} and 32 hidden "
+                              "units; 20,214 parameters on MNIST."),
+    ("d4-cnn", "D4", (4, HIDDEN), f"D4 CNN in Tramer & Boneh's strided layout, 4-8 fields, {_HEAD}; 21,190 "
+                                  "parameters on MNIST."),
+    ("c8-cnn", "C8", (4, HIDDEN), f"C8 CNN with steerable filters in Tramer & Boneh's strided layout, 4-8 fields, "
+                                  f"{_HEAD}; 20,310 parameters on MNIST (exactly equivariant to its quarter turns, to "
+                                  "the others up to sampling)."),
+    ("d8-cnn", "D8", (2, HIDDEN), f"D8 CNN with steerable filters in Tramer & Boneh's strided layout, 2-4 fields, "
+                                  f"{_HEAD}; 19,464 parameters on MNIST (exactly equivariant to its quarter turns and "
+                                  "flips, to the others up to sampling)."),
 )
 
 
