@@ -1,9 +1,8 @@
 """Small equivariant classifiers for 28x28 and 32x32 images: Tramer & Boneh's CNN made group-equivariant.
 
-The layout follows the plain ``cnn`` (a private step of ``c4-cnn`` costs about 1.4 times the cnn's with
-per-layer clipping, 1.5 with flat): a strided 8x8 lifting convolution and a strided 3x3 group convolution,
-each followed by Mish, GroupNorm over whole fields without affine parameters (Hölzl, Rueckert & Kaissis 2023)
-and a 2x2 max-pool of stride 1.
+The layout follows the plain ``cnn`` (a private step of ``c4-cnn`` costs about 1.3-1.4 times the cnn's): a
+strided 8x8 lifting convolution and a strided 3x3 group convolution, each followed by Mish, GroupNorm over
+whole fields without affine parameters (Hölzl, Rueckert & Kaissis 2023) and a 2x2 max-pool of stride 1.
 An even kernel of stride 2 on an even-sized map, and an odd one on an odd-sized map, sample the grid
 symmetrically, so every layer is exactly equivariant; that is why the side must be a multiple of 4.
 

@@ -133,6 +133,16 @@ def test_per_sample_gradients_of_base_parameters(group, clipping, C):
     check_rule(small_gcnn(group), torch.randn(5, 1, 6, 6), clipping=clipping, C=C)
 
 
+@pytest.mark.parametrize("group", [C4, D8], ids=lambda g: g.name)
+def test_flat_clipping_without_keeping_per_sample_base_gradients(group, monkeypatch):
+    """Above the keep limit, flat clipping sums by a second weight-gradient pass; both ways match the loop."""
+    from dpplat.models.equivariant import rules
+
+    monkeypatch.setattr(rules, "KEEP_PER_SAMPLE_VALUES", 0)
+    torch.manual_seed(0)
+    check_rule(small_gcnn(group), torch.randn(5, 1, 6, 6), clipping="flat", C=0.05)
+
+
 @pytest.mark.parametrize("clipping", ["per_layer", "flat"])
 def test_equivariant_layers_with_augmentation_multiplicity_and_strides(clipping):
     torch.manual_seed(0)
