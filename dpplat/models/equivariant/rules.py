@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from torch.func import vjp, vmap
 
 from dpplat.engine.rules import conv, fused_sum
-from dpplat.engine.rules.group_norm import per_sample_affine_grads
+from dpplat.engine.rules.group_norm import clipped_from_per_sample, per_sample_affine_grads
 from dpplat.engine.rules.registry import LayerRule, RuleContext, clip_factors, register_rule, trainable
 from dpplat.models.equivariant.layers import FieldGroupNorm, GroupConv2d, LiftingConv2d
 from dpplat.models.equivariant.steerable import SteerableGroupConv2d, SteerableLiftingConv2d
 
 
-KEEP_PER_SAMPLE_VALUES = 2**24  # 64 MB of float32 per layer: the c4-cnn's layers at batch 2048 hold 3M
+KEEP_PER_SAMPLE_VALUES = 2**24  # 64 MB of float32 a layer; c4-cnn's larger group layer holds 2.4M at batch 2048
 
 
 def _keep_trainable(module, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -71,22 +71,22 @@ class ExpandedConvRule(LayerRule):
                     kept.append(w)
             if b is not None and trainable(module, "bias"):
                 total[rows] += b.square().sum(1)
-        if keep:  # for clipped_grads: the flat path's sum without a second weight-gradient pass
-            ctx.cache["weight_per_sample"] = torch.cat(kept)
+        if keep:  # the flat path's clipped sum is then one product with the factors, as for GroupNorm
+            ctx.cache["per_sample"] = {"weight": torch.cat(kept).flatten(1)}
         return total
 
     def clipped_grads(self, ctx: RuleContext, factors: torch.Tensor) -> dict[str, torch.Tensor]:
         module = ctx.module
-        row_factors = factors.repeat_interleave(ctx.views).view(-1, 1, 1, 1)
-        scaled = ctx.grad_output * row_factors
-        kept = ctx.cache.pop("weight_per_sample", None)
-        if kept is not None:
-            weight = (factors.to(kept.dtype) @ kept.flatten(1)).view(module.weight.shape)
+        kept = "per_sample" in ctx.cache
+        if not kept or module.bias is not None:  # the output gradient scaled per sample: a map-sized product
+            scaled = ctx.grad_output * factors.repeat_interleave(ctx.views).view(-1, 1, 1, 1)
+        if kept:
+            kept_dtype = ctx.cache["per_sample"]["weight"].dtype
+            grads = clipped_from_per_sample(ctx, factors.to(kept_dtype), {"weight": module.weight.shape})
         else:
             x, padding = conv.padded_input(module, ctx.x)
             expanded_w = conv.weight_grad(module, x, padding, scaled, module.expanded_shape(), 1)
-            weight = module.pull_back(expanded_w[None])[0]
-        grads = {"weight": weight}
+            grads = {"weight": module.pull_back(expanded_w[None])[0]}
         if module.bias is not None:
             grads["bias"] = _pull_bias_batch(module, scaled.sum((0, 2, 3))[None])[0]
         return _keep_trainable(module, grads)
