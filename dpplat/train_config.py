@@ -20,6 +20,9 @@ from dpplat.shipped import resolve
 from dpplat.tomlfile import read_toml
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs; a ``models/*.toml`` recipe holds the same keys.
@@ -44,6 +47,7 @@ class TrainConfig:
     accountant: str = "prv"
     optimizer: str = "sgd"
     lr: float = 4.0
+    lr_schedule: str = "constant"  # constant, or cosine: decays from lr to 0 over the run's steps
     momentum: float = 0.9
     seed: int = 0
     subset: int | None = None
@@ -116,6 +120,7 @@ class TrainConfig:
         check_choice(flag("clipping"), self.clipping, ("per_layer", "flat"))
         check_choice(flag("accountant"), self.accountant, ACCOUNTANTS)
         check_choice(flag("optimizer"), self.optimizer, ("sgd", "adam"))
+        check_choice(flag("lr_schedule"), self.lr_schedule, LR_SCHEDULES)
         datasets.check_dataset_name(self.dataset)
         model = models.info(self.model)  # an unknown model is named here, with the zoo's names
         if self.group is not None and self.group != model.group:
@@ -123,6 +128,15 @@ class TrainConfig:
             raise ValueError(f"{flag('group')} is {self.group!r}, but model {self.model!r} {has}; drop the group "
                              "or choose a model of that group (dpplat.models.available() lists each model's group).")
         resolve_device(self.device)
+
+    def learning_rate(self, step: int, total_steps: int) -> float:
+        """The learning rate of step ``step`` (counted from 0) of a run of ``total_steps``.
+
+        A function of the step alone, so a resumed run continues the schedule where it stopped.
+        """
+        if self.lr_schedule == "cosine":
+            return self.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+        return self.lr
 
     @classmethod
     def from_stored(cls, stored: dict) -> "TrainConfig":

@@ -32,6 +32,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accountant", choices=["prv", "rdp"], help="Opacus's privacy accountant")
     p.add_argument("--optimizer", choices=["sgd", "adam"], help="the optimizer that applies the noisy gradient")
     p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"],
+                   help="constant, or cosine: the learning rate decays from --lr to 0 over the run's steps")
     p.add_argument("--momentum", type=float, help="SGD momentum")
     p.add_argument("--seed", type=int, help="seeds the model, the Poisson sampler and the noise")
     p.add_argument("--subset", type=int, help="train on a deterministic random subset of this many examples")
@@ -70,7 +72,7 @@ def train_config_from_args(args: argparse.Namespace):
 
     overrides = {k: getattr(args, k) for k in (
         "dataset", "model", "group", "epsilon", "delta", "sigma", "epochs", "batch_size", "max_grad_norm", "clipping",
-        "accountant", "optimizer", "lr", "momentum", "seed", "subset", "test_subset", "validation", "secure_mode", "name", "data_dir",
+        "accountant", "optimizer", "lr", "lr_schedule", "momentum", "seed", "subset", "test_subset", "validation", "secure_mode", "name", "data_dir",
         "augmult", "max_physical_batch_size", "ema_decay", "data_norm_noise", "data_norm_clip", "device", "allow_large_delta",
     )}
     if args.config:

@@ -79,6 +79,11 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.
     return torch.optim.Adam(model.parameters(), lr=config.lr)
 
 
+def set_learning_rate(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def model_for_training(config: TrainConfig, train_set) -> tuple[torch.nn.Module, torch.nn.Module, object]:
     """The whole model on ``config.device``, the part the optimizer trains, and what that part trains
     on (a cached stem's features, computed on the device and kept on the CPU, in place of the images
@@ -143,6 +148,7 @@ def fit(config: TrainConfig, train_set, *, private: bool = True) -> torch.nn.Mod
             if step >= steps or (private and engine.steps_remaining is not None and engine.steps_remaining <= 0):
                 return model.cpu()
             dp_opt.zero_grad()
+            set_learning_rate(dp_opt, config.learning_rate(step, steps))
             F.cross_entropy(dp_model(x.to(device)), y.to(device)).backward()
             dp_opt.step()
             step += 1
@@ -239,6 +245,7 @@ def train(
                     store.charge_step(run_id, engine.steps_taken + 1, step + 1)  # counted before it is taken
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     dp_opt.zero_grad()
+                    set_learning_rate(dp_opt, config.learning_rate(step, total_steps))
                     if config.augmult > 1:  # K views per example, averaged before clipping: same privacy cost
                         x = make_views(x, config.augmult, pad=info.size // 8, flip=info.flip,
                                        generator=view_rng)
