@@ -41,7 +41,7 @@ def clip_and_sum(
     like: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
     """``sum_i min(1, bound / ||g_i||) g_i`` for the big parameter (from chunks) and the small ones."""
-    big = like.new_zeros(big_shape).view(-1)
+    big = None  # the first chunk's product allocates the sum, so it is never zero-filled first
     sums = {name: like.new_zeros(g.shape[1:]) for name, g in small.items()}
     for rows, per_sample in chunks:
         flat = per_sample.flatten(1)
@@ -49,7 +49,12 @@ def clip_and_sum(
         for g in small.values():
             norm_sq = norm_sq + row_norm_sq(g[rows])
         factors = clip_factors(norm_sq, bound)
-        big.addmv_(flat.t(), factors)  # in place: no chunk-sized temporary
+        if big is None:
+            big = torch.mv(flat.t(), factors)
+        else:
+            big.addmv_(flat.t(), factors)  # in place: no chunk-sized temporary
         for name, g in small.items():
             sums[name] += torch.tensordot(factors, g[rows], dims=1)
+    if big is None:  # no samples
+        big = like.new_zeros(big_shape)
     return {big_name: big.view(big_shape), **sums}
