@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.func import vjp, vmap
 
 from dpplat.engine.rules import conv, fused_sum
-from dpplat.engine.rules.group_norm import clipped_from_per_sample, per_sample_affine_grads
+from dpplat.engine.rules.group_norm import clipped_from_per_sample, norm_from_per_sample, per_sample_affine_grads
 from dpplat.engine.rules.registry import LayerRule, RuleContext, clip_factors, register_rule, trainable
 from dpplat.models.equivariant.layers import FieldGroupNorm, GroupConv2d, LiftingConv2d
 from dpplat.models.equivariant.steerable import SteerableGroupConv2d, SteerableLiftingConv2d
@@ -120,10 +120,8 @@ class FieldGroupNormRule(LayerRule):
         return ctx.cache["per_sample"]
 
     def norm_sq(self, ctx: RuleContext) -> torch.Tensor:
-        total = ctx.x.new_zeros(ctx.num_samples)
-        for g in self._per_sample(ctx).values():
-            total += g.square().sum(1)
-        return total
+        return norm_from_per_sample(ctx, self._per_sample(ctx))
 
     def clipped_grads(self, ctx: RuleContext, factors: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: factors @ g for name, g in self._per_sample(ctx).items()}
+        shapes = {name: getattr(ctx.module, name).shape for name in self._per_sample(ctx)}
+        return clipped_from_per_sample(ctx, factors, shapes)
