@@ -62,3 +62,13 @@ def test_a_resumed_run_continues_the_schedule_from_its_checkpoint(tmp_path, monk
     assert result.steps == 16
     assert rates == pytest.approx([config(lr=0.5, lr_schedule="cosine").learning_rate(s, 16) for s in range(8, 16)])
     assert TrainConfig.from_stored(store.get_run(1).config).lr_schedule == "cosine"
+
+
+def test_audit_training_follows_the_schedule_too(monkeypatch):
+    """``fit`` (the loop audits use) trains each step at the scheduled rate, private or not."""
+    cfg = config(lr=0.5, lr_schedule="cosine", epochs=1)
+    train_set = data.load_dataset("mnist", subset=512, seed=0)
+    for private in (True, False):
+        rates = record_rates(monkeypatch)
+        training.fit(cfg, train_set, private=private)
+        assert rates == pytest.approx([cfg.learning_rate(s, 8) for s in range(8)])
