@@ -72,8 +72,9 @@ def train_config_from_args(args: argparse.Namespace):
 
     overrides = {k: getattr(args, k) for k in (
         "dataset", "model", "group", "epsilon", "delta", "sigma", "epochs", "batch_size", "max_grad_norm", "clipping",
-        "accountant", "optimizer", "lr", "lr_schedule", "momentum", "seed", "subset", "test_subset", "validation", "secure_mode", "name", "data_dir",
-        "augmult", "max_physical_batch_size", "ema_decay", "data_norm_noise", "data_norm_clip", "device", "allow_large_delta",
+        "accountant", "optimizer", "lr", "lr_schedule", "momentum", "seed", "subset", "test_subset", "validation",
+        "secure_mode", "name", "data_dir", "augmult", "max_physical_batch_size", "ema_decay", "data_norm_noise",
+        "data_norm_clip", "device", "allow_large_delta",
     )}
     if args.config:
         return TrainConfig.from_toml(args.config, **overrides)
