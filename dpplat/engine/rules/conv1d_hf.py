@@ -1,8 +1,9 @@
 """Rule for Hugging Face GPT-2's ``Conv1D``: ``y = x @ W + b`` with ``W`` of shape (in, out).
 
 It is a linear layer with its weight stored transposed, so the Linear rule's norms hold as they
-are (a norm does not see the transpose) and its clipped weight sum is transposed back, on the same
-fused per-layer path (per-sample gradients clipped and summed chunk by chunk). The rule
+are (a norm does not see the transpose), on the same fused per-layer path (per-sample gradients
+clipped and summed chunk by chunk), whose per-sample gradients it forms in the stored (in, out)
+layout so that the clipped sum needs no transposed copy. The rule
 is known by the class's name (``transformers.pytorch_utils.Conv1D``), so dpplat does not import
 ``transformers``; :func:`register_conv1d` adds another class of that form.
 """

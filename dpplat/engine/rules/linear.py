@@ -32,7 +32,8 @@ class LinearRule(LayerRule):
     """Weight gradient per sample is ``G_i^T A_i``; bias gradient is ``G_i`` summed over positions.
 
     A subclass whose module stores its weight as (in, out) sets ``weight_transposed``: the norms do not see the
-    transpose, and the clipped weight sum, formed as (out, in), is transposed back."""
+    transpose. The fused per-layer path forms its per-sample gradients as ``A_i^T G_i``, already (in, out); the
+    other paths form the clipped sum as (out, in) and transpose it back."""
 
     weight_transposed = False
 
@@ -64,9 +65,11 @@ class LinearRule(LayerRule):
             # 2-D input: the ghost norm is free; Triton: norms, then the clipped sum, neither instantiated
             return self.clipped_grads(ctx, clip_factors(self.norm_sq(ctx), bound))
         small = {"bias": G.sum(1)} if trainable(ctx.module, "bias") else {}
-        out_in = torch.Size((G.shape[-1], A.shape[-1]))
-        return self._stored_layout(
-            fused_sum.clip_and_sum(matmul.per_sample_weight_chunks(A, G), "weight", out_in, small, bound, A))
+        if self.weight_transposed:  # A_i^T G_i is the per-sample gradient in the stored (in, out) layout
+            chunks, shape = matmul.per_sample_weight_chunks(G, A), torch.Size((A.shape[-1], G.shape[-1]))
+        else:
+            chunks, shape = matmul.per_sample_weight_chunks(A, G), torch.Size((G.shape[-1], A.shape[-1]))
+        return fused_sum.clip_and_sum(chunks, "weight", shape, small, bound, A)
 
     def _stored_layout(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The clipped weight sum, formed as (out, in), in the layout the module stores its weight in."""
