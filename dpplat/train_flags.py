@@ -11,6 +11,8 @@ from dpplat.cli_help import DATASET_HELP, show_defaults
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """``dpplat train``'s flags, each with its help and default."""
+    from dpplat.train_config import LR_SCHEDULES
+
     p.add_argument("--config", help="a shipped recipe's name (dpplat recipes lists them) or a TOML recipe file; flags "
                                     "given here override it")
     p.add_argument("--dataset", help=DATASET_HELP)
@@ -32,7 +34,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accountant", choices=["prv", "rdp"], help="Opacus's privacy accountant")
     p.add_argument("--optimizer", choices=["sgd", "adam"], help="the optimizer that applies the noisy gradient")
     p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"],
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                    help="constant, or cosine: the learning rate decays from --lr to 0 over the run's steps")
     p.add_argument("--momentum", type=float, help="SGD momentum")
     p.add_argument("--seed", type=int, help="seeds the model, the Poisson sampler and the noise")

@@ -80,6 +80,7 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.
 
 
 def set_learning_rate(optimizer, lr: float) -> None:
+    """Set every parameter group's rate (the training loops call it before each step, from the schedule)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
 

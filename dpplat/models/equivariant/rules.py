@@ -62,10 +62,11 @@ class ExpandedConvRule(LayerRule):
     def norm_sq(self, ctx: RuleContext) -> torch.Tensor:
         module = ctx.module
         total = ctx.x.new_zeros(ctx.num_samples)
-        keep = trainable(module, "weight") and ctx.num_samples * module.weight.numel() <= KEEP_PER_SAMPLE_VALUES
+        train_weight = trainable(module, "weight")
+        keep = train_weight and ctx.num_samples * module.weight.numel() <= KEEP_PER_SAMPLE_VALUES
         kept = []
         for rows, w, b in self._chunks(ctx):
-            if trainable(module, "weight"):
+            if train_weight:
                 total[rows] += fused_sum.row_norm_sq(w)
                 if keep:
                     kept.append(w)
