@@ -19,6 +19,12 @@ each recipe's mean ± standard deviation over the seeds, of its accuracy and its
 With --lrs, every recipe (at each seed) first trains once per learning rate on the training set less a held-out
 share (--validation, default 0.1), keeps the rate with the best held-out accuracy, and then trains with it on the
 whole training set; only that last run touches the test set. The held-out accuracies are printed per rate.
+
+    python benchmarks/zoo.py --recipes models/cifar10-*-cpu.toml --curves
+                                                                    # test accuracy against wall time, per epoch
+
+With --curves, a further table gives every run's test accuracy at the end of each epoch against the wall time
+since the run started (the per-epoch evaluations are part of that time), from the steps the run stored.
 """
 
 from __future__ import annotations
@@ -64,6 +70,13 @@ def chosen_lr(config: TrainConfig, lrs: str, share: float, store: RunStore) -> t
     return max(held_out, key=held_out.get), held_out
 
 
+def curve(store: RunStore, run_id: int) -> list[tuple[int, float, float]]:
+    """(step, seconds since the run started, test accuracy) at each evaluation ``run_id`` stored."""
+    started = store.get_run(run_id)["started_at"]
+    return [(row["step"], row["time"] - started, row["test_accuracy"])
+            for row in store.steps(run_id) if row["test_accuracy"] is not None]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", nargs="*", help="models/*.toml files to run as they are (overrides below apply)")
@@ -80,6 +93,8 @@ def main(argv=None):
                                                       "(default: each recipe's own seed)")
     parser.add_argument("--lrs", default=None, help="comma-separated learning rates to choose from on held-out data")
     parser.add_argument("--validation", type=float, default=0.1, help="with --lrs: the training share held out")
+    parser.add_argument("--curves", action="store_true",
+                        help="also print each run's test accuracy against wall time at the end of every epoch")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Optimal order")
     device = resolve_device(args.device or "cpu")
@@ -92,6 +107,7 @@ def main(argv=None):
     runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
     seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]
     choices: list[str] = []  # with --lrs: each recipe's held-out accuracy per learning rate
+    curves: list[str] = []  # with --curves: a row per run and evaluation
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp) / "zoo.db")
         for label, recipe in configs(args):
@@ -112,6 +128,9 @@ def main(argv=None):
                 delta = ("baseline" if config.model == "cnn" else
                          f"{100 * (result.accuracy - plain[key]):+.2f} pt" if key in plain else "—")
                 runs.setdefault((label, config.model), []).append((result.accuracy, result.seconds))
+                if args.curves:
+                    curves += [f"| {label} | {config.model} | {config.seed} | {step} | {seconds:.0f} | {accuracy:.2%} |"
+                               for step, seconds, accuracy in curve(store, result.run_id)]
                 print(f"| {label} | {config.dataset} | {config.model} | {models.info(config.model).family} "
                       f"| {params:,} | {config.seed} | {config.epsilon:g} ({result.epsilon:.3f}) "
                       f"| {config.epochs}, {config.batch_size} | {result.accuracy:.2%} | {delta} "
@@ -121,6 +140,10 @@ def main(argv=None):
         print(f"\nLearning rates on a held-out {args.validation:g} of the training set:\n\n| recipe | model | seed | "
               + " | ".join(f"lr {rate}" for rate in rates) + " | chosen |\n|---|---|---|" + "---|" * (len(rates) + 1))
         print("\n".join(choices))
+    if curves:
+        print("\nTest accuracy against wall time, at the end of every epoch:\n\n"
+              "| recipe | model | seed | step | wall time (s) | test accuracy |\n|---|---|---|---|---|---|")
+        print("\n".join(curves))
     if len(seeds) > 1:
         print(f"\nOver seeds {args.seeds}:\n\n| recipe | model | test accuracy | wall time (s) |\n|---|---|---|---|")
         for (label, model), results in runs.items():

@@ -21,6 +21,8 @@ from dpplat.tomlfile import read_toml
 
 
 LR_SCHEDULES = ("constant", "cosine")
+CLIPPINGS = ("per_layer", "flat")
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass
@@ -117,9 +119,9 @@ class TrainConfig:
         check_range(flag("seed"), self.seed, low=0)
         check_range(flag("log_every"), self.log_every, low=0)
         check_range(flag("ema_decay"), self.ema_decay, low=0, high=1, low_open=True, high_open=True)
-        check_choice(flag("clipping"), self.clipping, ("per_layer", "flat"))
+        check_choice(flag("clipping"), self.clipping, CLIPPINGS)
         check_choice(flag("accountant"), self.accountant, ACCOUNTANTS)
-        check_choice(flag("optimizer"), self.optimizer, ("sgd", "adam"))
+        check_choice(flag("optimizer"), self.optimizer, OPTIMIZERS)
         check_choice(flag("lr_schedule"), self.lr_schedule, LR_SCHEDULES)
         datasets.check_dataset_name(self.dataset)
         model = models.info(self.model)  # an unknown model is named here, with the zoo's names

@@ -11,7 +11,8 @@ from dpplat.cli_help import DATASET_HELP, show_defaults
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """``dpplat train``'s flags, each with its help and default."""
-    from dpplat.train_config import LR_SCHEDULES
+    from dpplat.engine.accounting import ACCOUNTANTS
+    from dpplat.train_config import CLIPPINGS, LR_SCHEDULES, OPTIMIZERS
 
     p.add_argument("--config", help="a shipped recipe's name (dpplat recipes lists them) or a TOML recipe file; flags "
                                     "given here override it")
@@ -30,9 +31,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="passes over the training data (epochs x N/B Poisson steps)")
     p.add_argument("--batch-size", type=int, help="expected batch size (Poisson sampling rate = B / N)")
     p.add_argument("--max-grad-norm", type=float, help="total clipping bound C")
-    p.add_argument("--clipping", choices=["per_layer", "flat"], help="clip each layer's gradient, or the whole one")
-    p.add_argument("--accountant", choices=["prv", "rdp"], help="Opacus's privacy accountant")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], help="the optimizer that applies the noisy gradient")
+    p.add_argument("--clipping", choices=CLIPPINGS, help="clip each layer's gradient, or the whole one")
+    p.add_argument("--accountant", choices=ACCOUNTANTS, help="Opacus's privacy accountant")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="the optimizer that applies the noisy gradient")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                    help="constant, or cosine: the learning rate decays from --lr to 0 over the run's steps")
