@@ -143,6 +143,23 @@ def test_flat_clipping_without_keeping_per_sample_base_gradients(group, monkeypa
     check_rule(small_gcnn(group), torch.randn(5, 1, 6, 6), clipping="flat", C=0.05)
 
 
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "second-pass"])
+@pytest.mark.parametrize("clipping", ["per_layer", "flat"])
+def test_frozen_weight_or_bias_of_a_group_layer(clipping, keep, monkeypatch):
+    """A frozen base weight or bias gets no gradient, and the parts that train still match the loop."""
+    from dpplat.models.equivariant import rules
+
+    if not keep:
+        monkeypatch.setattr(rules, "KEEP_PER_SAMPLE_VALUES", 0)
+    torch.manual_seed(0)
+    model = small_gcnn(C4)
+    model[0].bias.requires_grad_(False)
+    model[3].weight.requires_grad_(False)
+    got, _ = check_rule(model, torch.randn(5, 1, 6, 6), clipping=clipping, C=0.05)
+    assert "0.weight" in got and "3.bias" in got
+    assert "0.bias" not in got and "3.weight" not in got
+
+
 @pytest.mark.parametrize("clipping", ["per_layer", "flat"])
 def test_equivariant_layers_with_augmentation_multiplicity_and_strides(clipping):
     torch.manual_seed(0)

@@ -78,19 +78,22 @@ class ExpandedConvRule(LayerRule):
 
     def clipped_grads(self, ctx: RuleContext, factors: torch.Tensor) -> dict[str, torch.Tensor]:
         module = ctx.module
+        train_weight = trainable(module, "weight")
+        train_bias = module.bias is not None and trainable(module, "bias")
         kept = "per_sample" in ctx.cache
-        if not kept or module.bias is not None:  # the output gradient scaled per sample: a map-sized product
+        if train_bias or (train_weight and not kept):  # the output gradient scaled per sample: a map-sized product
             scaled = ctx.grad_output * factors.repeat_interleave(ctx.views).view(-1, 1, 1, 1)
-        if kept:
+        grads = {}
+        if train_weight and kept:
             kept_dtype = ctx.cache["per_sample"]["weight"].dtype
             grads = clipped_from_per_sample(ctx, factors.to(kept_dtype), {"weight": module.weight.shape})
-        else:
+        elif train_weight:
             x, padding = conv.padded_input(module, ctx.x)
             expanded_w = conv.weight_grad(module, x, padding, scaled, module.expanded_shape(), 1)
             grads = {"weight": module.pull_back(expanded_w[None])[0]}
-        if module.bias is not None:
+        if train_bias:
             grads["bias"] = _pull_bias_batch(module, scaled.sum((0, 2, 3))[None])[0]
-        return _keep_trainable(module, grads)
+        return grads
 
     def clipped_grads_per_layer(self, ctx: RuleContext, bound: float) -> dict[str, torch.Tensor]:
         module = ctx.module
