@@ -31,6 +31,8 @@ def test_kernels_match_the_pytorch_path(dtype, tolerance, shape):
     total, expected = linear_triton.weight_clipped_sum(A, G, factors), matmul.weight_clipped_sum(A, G, factors)
     assert total.shape == (q, p)
     assert (total - expected).abs().max() <= tolerance * expected.abs().max()
+    swapped = linear_triton.weight_clipped_sum(G, A, factors)  # what a weight stored (in, out) asks for
+    assert swapped.shape == (p, q) and (swapped - expected.t()).abs().max() <= tolerance * expected.abs().max()
 
 
 class Tokens(nn.Module):

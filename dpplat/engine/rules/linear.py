@@ -32,8 +32,8 @@ class LinearRule(LayerRule):
     """Weight gradient per sample is ``G_i^T A_i``; bias gradient is ``G_i`` summed over positions.
 
     A subclass whose module stores its weight as (in, out) sets ``weight_transposed``: the norms do not see the
-    transpose. The fused per-layer path forms its per-sample gradients as ``A_i^T G_i``, already (in, out); the
-    other paths form the clipped sum as (out, in) and transpose it back."""
+    transpose, and every path forms the gradient as ``A_i^T G_i`` (its clipped sum ``sum_i f_i A_i^T G_i``, the
+    kernels' sum with A and G swapped), already in the stored (in, out) layout."""
 
     weight_transposed = False
 
@@ -54,10 +54,12 @@ class LinearRule(LayerRule):
         A, G = _fold(ctx)
         grads = {}
         if trainable(ctx.module, "weight"):
-            grads["weight"] = _weight_kernels(A).weight_clipped_sum(A, G, factors)
+            kernels = _weight_kernels(A)
+            grads["weight"] = (kernels.weight_clipped_sum(G, A, factors) if self.weight_transposed
+                               else kernels.weight_clipped_sum(A, G, factors))
         if trainable(ctx.module, "bias"):
             grads["bias"] = matmul.bias_clipped_sum(G, factors)
-        return self._stored_layout(grads)
+        return grads
 
     def clipped_grads_per_layer(self, ctx: RuleContext, bound: float) -> dict[str, torch.Tensor]:
         A, G = _fold(ctx)
@@ -70,9 +72,3 @@ class LinearRule(LayerRule):
         else:
             chunks, shape = matmul.per_sample_weight_chunks(A, G), torch.Size((G.shape[-1], A.shape[-1]))
         return fused_sum.clip_and_sum(chunks, "weight", shape, small, bound, A)
-
-    def _stored_layout(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The clipped weight sum, formed as (out, in), in the layout the module stores its weight in."""
-        if self.weight_transposed and "weight" in grads:
-            grads["weight"] = grads["weight"].t().contiguous()
-        return grads
