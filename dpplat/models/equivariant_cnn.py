@@ -21,7 +21,7 @@ from torch import nn
 from dpplat.models.equivariant import FieldGroupNorm, GroupPool, Restrict, get_group, group_conv, lifting_conv
 from dpplat.models.registry import register_variants
 
-HIDDEN = 16  # the head's hidden units in d4-cnn, c8-cnn, d8-cnn and c4-scatnet
+HIDDEN = 16  # the head's hidden units in d4-cnn, c8-cnn and d8-cnn
 
 
 def check_image_size(name: str, image_size: int) -> None:
