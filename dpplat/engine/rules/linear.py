@@ -54,9 +54,7 @@ class LinearRule(LayerRule):
         A, G = _fold(ctx)
         grads = {}
         if trainable(ctx.module, "weight"):
-            kernels = _weight_kernels(A)
-            grads["weight"] = (kernels.weight_clipped_sum(G, A, factors) if self.weight_transposed
-                               else kernels.weight_clipped_sum(A, G, factors))
+            grads["weight"] = _weight_kernels(A).weight_clipped_sum(*self._stored_order(A, G), factors)
         if trainable(ctx.module, "bias"):
             grads["bias"] = matmul.bias_clipped_sum(G, factors)
         return grads
@@ -67,8 +65,12 @@ class LinearRule(LayerRule):
             # 2-D input: the ghost norm is free; Triton: norms, then the clipped sum, neither instantiated
             return self.clipped_grads(ctx, clip_factors(self.norm_sq(ctx), bound))
         small = {"bias": G.sum(1)} if trainable(ctx.module, "bias") else {}
-        if self.weight_transposed:  # A_i^T G_i is the per-sample gradient in the stored (in, out) layout
-            chunks, shape = matmul.per_sample_weight_chunks(G, A), torch.Size((A.shape[-1], G.shape[-1]))
-        else:
-            chunks, shape = matmul.per_sample_weight_chunks(A, G), torch.Size((G.shape[-1], A.shape[-1]))
+        first, second = self._stored_order(A, G)
+        chunks = matmul.per_sample_weight_chunks(first, second)
+        shape = torch.Size((second.shape[-1], first.shape[-1]))
         return fused_sum.clip_and_sum(chunks, "weight", shape, small, bound, A)
+
+    def _stored_order(self, A: torch.Tensor, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, G) for a weight stored (out, in); (G, A) for one stored (in, out): the kernels, given the pair in
+        this order, form ``sum_i f_i G_i^T A_i`` or ``sum_i f_i A_i^T G_i``, each in the layout the module stores."""
+        return (G, A) if self.weight_transposed else (A, G)
