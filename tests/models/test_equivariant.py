@@ -146,11 +146,16 @@ def test_flat_clipping_without_keeping_per_sample_base_gradients(group, monkeypa
 @pytest.mark.parametrize("keep", [True, False], ids=["kept", "second-pass"])
 @pytest.mark.parametrize("clipping", ["per_layer", "flat"])
 def test_frozen_weight_or_bias_of_a_group_layer(clipping, keep, monkeypatch):
-    """A frozen base weight or bias gets no gradient, and the parts that train still match the loop."""
+    """A frozen base weight or bias gets no gradient, and the parts that train still match the loop. A layer whose
+    filter is frozen forms no per-sample filter gradients: the per-sample work goes to the trainable filter only."""
+    from dpplat.engine.rules import conv
     from dpplat.models.equivariant import rules
 
     if not keep:
         monkeypatch.setattr(rules, "KEEP_PER_SAMPLE_VALUES", 0)
+    per_sample_weight_grads, formed_for = conv.per_sample_weight_grads, []
+    monkeypatch.setattr(conv, "per_sample_weight_grads", lambda module, *args, **kwargs: formed_for.append(module)
+                        or per_sample_weight_grads(module, *args, **kwargs))
     torch.manual_seed(0)
     model = small_gcnn(C4)
     model[0].bias.requires_grad_(False)
@@ -158,6 +163,7 @@ def test_frozen_weight_or_bias_of_a_group_layer(clipping, keep, monkeypatch):
     got, _ = check_rule(model, torch.randn(5, 1, 6, 6), clipping=clipping, C=0.05)
     assert "0.weight" in got and "3.bias" in got
     assert "0.bias" not in got and "3.weight" not in got
+    assert formed_for and all(module.weight.requires_grad for module in formed_for)
 
 
 @pytest.mark.parametrize("clipping", ["per_layer", "flat"])

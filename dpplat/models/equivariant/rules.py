@@ -61,15 +61,19 @@ class ExpandedConvRule(LayerRule):
 
     def norm_sq(self, ctx: RuleContext) -> torch.Tensor:
         module = ctx.module
-        total = ctx.x.new_zeros(ctx.num_samples)
         train_weight = trainable(module, "weight")
-        keep = train_weight and ctx.num_samples * module.weight.numel() <= KEEP_PER_SAMPLE_VALUES
+        if not train_weight:  # only the bias trains: its per-sample gradients come from the output gradient alone
+            bias_expanded = self._bias_expanded(ctx)
+            if bias_expanded is None or not trainable(module, "bias"):
+                return ctx.x.new_zeros(ctx.num_samples)
+            return _pull_bias_batch(module, bias_expanded).square().sum(1)
+        total = ctx.x.new_zeros(ctx.num_samples)
+        keep = ctx.num_samples * module.weight.numel() <= KEEP_PER_SAMPLE_VALUES
         kept = []
         for rows, w, b in self._chunks(ctx):
-            if train_weight:
-                total[rows] += fused_sum.row_norm_sq(w)
-                if keep:
-                    kept.append(w)
+            total[rows] += fused_sum.row_norm_sq(w)
+            if keep:
+                kept.append(w)
             if b is not None and trainable(module, "bias"):
                 total[rows] += b.square().sum(1)
         if keep:  # the flat path's clipped sum is then one product with the factors, as for GroupNorm
