@@ -24,12 +24,13 @@ from dpplat.models.registry import register_variants
 HIDDEN = 16  # the head's hidden units in d4-cnn, c8-cnn and d8-cnn
 
 
-def check_image_size(name: str, image_size: int) -> None:
-    """Refuse a side the strided layout cannot take while staying equivariant."""
-    if image_size % 4 or image_size < 12:
-        raise ValueError(f"{name} takes square images whose side is a multiple of 4 and at least 12 (e.g. 28 or 32), "
-                         f"got {image_size}: its stride-2 layers break equivariance on other sizes. Pad or crop "
-                         "the images, or choose a plain model such as cnn.")
+def check_image_size(name: str, image_size: int, *, multiple: int = 4, minimum: int = 12,
+                     why: str = "its stride-2 layers break equivariance on other sizes") -> None:
+    """Refuse a side the layout cannot take while staying equivariant."""
+    if image_size % multiple or image_size < minimum:
+        raise ValueError(f"{name} takes square images whose side is a multiple of {multiple} and at least {minimum} "
+                         f"(e.g. 28 or 32), got {image_size}: {why}. Pad or crop the images, or choose a plain model "
+                         "such as cnn.")
 
 
 def _block(conv: nn.Module, fields: int, group: str) -> list[nn.Module]:

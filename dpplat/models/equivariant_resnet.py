@@ -14,7 +14,8 @@ The equivariant ResNet-9 follows the paper's public code (github.com/hlzl/equiva
   ``int(l * sqrt(1.5 |G|) / |G|)`` fields, with the subgroup's order for the last stage (6, 13, 39 for D4).
 
 The model is ``Sequential(body, head)``: the body is equivariant to the whole group, the head starts at
-the restriction. Images are zero-padded symmetrically to a multiple of 8 (three 2x2 pools).
+the restriction. Images are zero-padded symmetrically to a multiple of 8 (three 2x2 pools), so their side must be
+even.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from functools import partial
 from torch import nn
 
 from dpplat.models.equivariant import FieldGroupNorm, GroupPool, Restrict, get_group, group_conv, lifting_conv
+from dpplat.models.equivariant_cnn import check_image_size
 from dpplat.models.registry import register_model
 
 LAYOUT = (16, 32, 64)  # the paper's channel layout before scaling to fields
@@ -69,6 +71,9 @@ class GroupResidual(nn.Module):
 def equivariant_resnet9(group: str, last: str, *, num_classes: int = 10, in_channels: int = 3,
                         image_size: int = 32) -> nn.Sequential:
     """``group`` in the body, restricted to its subgroup ``last`` (half the order) in the head's stage."""
+    check_image_size(f"{group.lower()}-resnet9", image_size, multiple=2, minimum=8,
+                     why="it pads the side to a multiple of 8 by the same amount on each side, which an odd side "
+                         "cannot take, and uneven padding breaks equivariance")
     pad = (-image_size) % 8
     G, H = get_group(group), get_group(last)
     f1, f2 = (paper_fields(c, G.order) for c in LAYOUT[:2])

@@ -59,6 +59,14 @@ def test_a_side_the_strided_layout_cannot_take_is_refused_with_the_sizes_it_can(
         models.create(name, image_size=size)
 
 
+@pytest.mark.parametrize("name", ["d4-resnet9", "c8-resnet9"])
+@pytest.mark.parametrize("size", [31, 6])
+def test_a_side_the_resnet_cannot_pad_evenly_is_refused_with_the_sizes_it_can(name, size):
+    with pytest.raises(ValueError, match=f"{name} takes square images whose side is a multiple of 2 and at least 8.*"
+                                         f"got {size}: it pads"):
+        models.create(name, in_channels=3, image_size=size)
+
+
 @pytest.mark.parametrize("name", ["c4-cnn", "d4-cnn", "c8-cnn", "d8-cnn", "d4-resnet9", "c8-resnet9", "c4-scatnet"])
 def test_orientation_keeping_classifiers_per_sample_gradients(name):
     """The whole model against the float64 per-sample loop, every clipping group at once."""
