@@ -4,16 +4,15 @@
 #
 #   bash benchmarks/gpu_lease.sh        (carry .whl and .devdata; OUT is where results go)
 #
-# The machine's image has torch but not opacus, and it cannot download: .whl/ holds the opacus wheel
-# (pip download --no-deps opacus==1.6.0) and .devdata/ the dataset files it trains on (mnist.npz,
-# cifar10_jpeg.npz, SHA256SUMS from ../shared/data). Results under $OUT: log.txt (this script's
+# The machine's image has torch, triton and transformers but not opacus, and it cannot download:
+# `bash benchmarks/gpu_lease_prepare.sh`, run here first, fills .whl/ with the opacus wheel and .devdata/ with
+# the dataset files it trains on (mnist.npz, cifar10_jpeg.npz, SHA256SUMS). Results under $OUT: log.txt (this script's
 # output), tests.txt, engine.md and zoo.tar.gz (a SQLite run store and a log per training run;
 # each store holds the per-epoch test accuracy even for a run stopped at its time limit).
 #
 # PART=lm runs only the language-model table instead (under 10 minutes): GPT-2 small's shape (124M, sequence 1024)
 # in bf16, whole and with LoRA, non-private against dpplat per-layer and Opacus's ghost clipping, with tokens a
-# second. It needs transformers: .whl/ then also holds transformers, tokenizers, safetensors, huggingface_hub and
-# regex (pip download --no-deps, for the machine's Python).
+# second, with the image's transformers.
 set -u
 OUT=${OUT:-/tmp/gpu-lease}
 PART=${PART:-all}
