@@ -67,7 +67,8 @@ def test_a_side_the_resnet_cannot_pad_evenly_is_refused_with_the_sizes_it_can(na
         models.create(name, in_channels=3, image_size=size)
 
 
-@pytest.mark.parametrize("name", ["c4-cnn", "d4-cnn", "c8-cnn", "d8-cnn", "d4-resnet9", "c8-resnet9", "c4-scatnet"])
+@pytest.mark.parametrize("name", ["c4-cnn", "d4-cnn", "c8-cnn", "d8-cnn", "c4-resnet9", "d4-resnet9", "c8-resnet9",
+                                  "c4-scatnet"])
 def test_orientation_keeping_classifiers_per_sample_gradients(name):
     """The whole model against the float64 per-sample loop, every clipping group at once."""
     from tests.engine.reference import check_rule
