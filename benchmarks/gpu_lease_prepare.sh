@@ -2,7 +2,7 @@
 # Fills the two folders benchmarks/gpu_lease.sh carries to a GPU machine, which cannot download anything:
 #   .whl/      the opacus wheel (the machine's image holds torch, triton and transformers, but not opacus);
 #   .devdata/  the dataset files the zoo runs train on, with their checksums.
-# Both are git-ignored; a device call names them in carry (about 31 MB). Run from anywhere, where pip can reach
+# Both are git-ignored; a device call names them in carry (about 30 MB). Run from anywhere, where pip can reach
 # an index; DPPLAT_DATA names the data folder (default ../shared/data).
 set -euo pipefail
 cd "$(dirname "$0")/.."

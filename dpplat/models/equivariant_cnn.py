@@ -1,8 +1,8 @@
 """Small equivariant classifiers for 28x28 and 32x32 images: Tramer & Boneh's CNN made group-equivariant.
 
-The layout follows the plain ``cnn``: a
-strided 8x8 lifting convolution and a strided 3x3 group convolution, each followed by Mish, GroupNorm over
-whole fields without affine parameters (Hölzl, Rueckert & Kaissis 2023) and a 2x2 max-pool of stride 1.
+The layout follows the plain ``cnn``: a strided 8x8 lifting convolution and a strided 3x3 group convolution,
+each followed by Mish, GroupNorm over whole fields without affine parameters (Hölzl, Rueckert & Kaissis 2023)
+and a 2x2 max-pool of stride 1.
 An even kernel of stride 2 on an even-sized map, and an odd one on an odd-sized map, sample the grid
 symmetrically, so every layer is exactly equivariant; that is why the side must be a multiple of 4.
 
@@ -13,7 +13,7 @@ gain is the weight sharing of the body, which divides the parameters DP-SGD must
 than the body's: c4-cnn's 4-8 fields with 32 hidden units beat 6-12 fields with 16 under DP.
 
 Every variant has the same channels as c4-cnn (fields times the group's order: 16 after the lifting layer, 32 after
-the group layer), so each private step costs about 1.2-1.3 times the cnn's (one thread, batch 2048); D4 and C8 take
+the group layer), so each private step costs about 1.3-1.45 times the cnn's (one thread, batch 2048); D4 and C8 take
 2-4 fields, D8 1-2.
 """
 
@@ -26,17 +26,18 @@ from dpplat.models.registry import register_variants
 
 HIDDEN = 32  # the head's hidden units: the plain cnn's head width
 
+
 def check_image_size(name: str, image_size: int, *, multiple: int = 4, minimum: int = 12,
                      why: str = "its stride-2 layers break equivariance on other sizes") -> None:
     """Refuse a side the layout cannot take while staying equivariant."""
     if image_size % multiple or image_size < minimum:
-        raise ValueError(f"{name} takes square images whose side is a multiple of {multiple} and at least {minimum} "
-                         f"(e.g. 28 or 32), got {image_size}: {why}. Pad or crop the images, or choose a plain model "
-                         "such as cnn.")
+        at_least = f" and at least {minimum}" if minimum > multiple else ""
+        raise ValueError(f"{name} takes square images whose side is a multiple of {multiple}{at_least} (e.g. 28 or "
+                         f"32), got {image_size}: {why}. Pad or crop the images, or choose a plain model such as cnn.")
 
 
 def _block(conv: nn.Module, fields: int, group: str) -> list[nn.Module]:
-    groups = 2 if fields % 2 == 0 and fields >= 4 else 1  # a group of one field would lose its mean per image
+    groups = 2 if fields % 2 == 0 and fields >= 4 else 1  # a group of two fields or more, else all of them
     return [conv, nn.Mish(), FieldGroupNorm(groups, fields, group, affine=False), nn.MaxPool2d(2, stride=1)]
 
 

@@ -71,7 +71,7 @@ class GroupResidual(nn.Module):
 def equivariant_resnet9(group: str, last: str, *, num_classes: int = 10, in_channels: int = 3,
                         image_size: int = 32) -> nn.Sequential:
     """``group`` in the body, restricted to its subgroup ``last`` (half the order) in the head's stage."""
-    check_image_size(f"{group.lower()}-resnet9", image_size, multiple=2, minimum=8,
+    check_image_size(f"{group.lower()}-resnet9", image_size, multiple=2, minimum=2,
                      why="it pads the side to a multiple of 8 by the same amount on each side, which an odd side "
                          "cannot take, and uneven padding breaks equivariance")
     pad = (-image_size) % 8

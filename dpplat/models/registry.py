@@ -46,7 +46,7 @@ def register_variants(build: Callable[..., nn.Module], variants, *, family: str,
                       image_size: int, invariant_to: str | None) -> None:
     """Register ``build(group, width, num_classes, in_channels, image_size)`` once per (name, group, width,
     description): one architecture, several groups, each its own registry entry, all invariant to
-    ``invariant_to``. ``width`` is whatever size argument ``build`` takes (a field count, or a tuple)."""
+    ``invariant_to``. ``width`` is the size argument ``build`` takes (a field count)."""
     for name, group, width, description in variants:
         builder = partial(_build_variant, build, group, width, in_channels=in_channels, image_size=image_size)
         register_model(name, family=family, group=group, description=description,

@@ -143,9 +143,10 @@ def test_flat_clipping_without_keeping_per_sample_base_gradients(group, monkeypa
     check_rule(small_gcnn(group), torch.randn(5, 1, 6, 6), clipping="flat", C=0.05)
 
 
+@pytest.mark.parametrize("views", [1, 2])
 @pytest.mark.parametrize("keep", [True, False], ids=["kept", "second-pass"])
 @pytest.mark.parametrize("clipping", ["per_layer", "flat"])
-def test_frozen_weight_or_bias_of_a_group_layer(clipping, keep, monkeypatch):
+def test_frozen_weight_or_bias_of_a_group_layer(clipping, keep, views, monkeypatch):
     """A frozen base weight or bias gets no gradient, and the parts that train still match the loop. A layer whose
     filter is frozen forms no per-sample filter gradients: the per-sample work goes to the trainable filter only."""
     from dpplat.engine.rules import conv
@@ -160,7 +161,7 @@ def test_frozen_weight_or_bias_of_a_group_layer(clipping, keep, monkeypatch):
     model = small_gcnn(C4)
     model[0].bias.requires_grad_(False)
     model[3].weight.requires_grad_(False)
-    got, _ = check_rule(model, torch.randn(5, 1, 6, 6), clipping=clipping, C=0.05)
+    got, _ = check_rule(model, torch.randn(6, 1, 6, 6), clipping=clipping, C=0.05, views=views)
     assert "0.weight" in got and "3.bias" in got
     assert "0.bias" not in got and "3.weight" not in got
     assert formed_for and all(module.weight.requires_grad for module in formed_for)
