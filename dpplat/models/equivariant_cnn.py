@@ -36,9 +36,13 @@ def check_image_size(name: str, image_size: int, *, multiple: int = 4, minimum: 
                          f"32), got {image_size}: {why}. Pad or crop the images, or choose a plain model such as cnn.")
 
 
+def field_norm(fields: int, group: str) -> FieldGroupNorm:
+    """GroupNorm without parameters over whole fields: two groups of two fields or more, else one group of all."""
+    return FieldGroupNorm(2 if fields % 2 == 0 and fields >= 4 else 1, fields, group, affine=False)
+
+
 def _block(conv: nn.Module, fields: int, group: str) -> list[nn.Module]:
-    groups = 2 if fields % 2 == 0 and fields >= 4 else 1  # a group of two fields or more, else all of them
-    return [conv, nn.Mish(), FieldGroupNorm(groups, fields, group, affine=False), nn.MaxPool2d(2, stride=1)]
+    return [conv, nn.Mish(), field_norm(fields, group), nn.MaxPool2d(2, stride=1)]
 
 
 def equivariant_cnn(group: str, fields: int, num_classes: int, in_channels: int, image_size: int) -> nn.Sequential:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from dpplat.models.equivariant import C4, FieldGroupNorm, GroupPool, Restrict, group_conv
+from dpplat.models.equivariant_cnn import field_norm
 from dpplat.models.registry import register_model
 from dpplat.models.scatnet import FixedStemClassifier
 from dpplat.models.scattering import Scattering2D
@@ -71,8 +72,7 @@ def c4_scatnet(fields: int, *, num_classes: int = 10, in_channels: int = 1, imag
     stem = nn.Sequential(scattering, OrientationFields(index), FieldGroupNorm(in_fields, in_fields, C4, affine=False))
     side = image_size // 4  # the scattering's resolution (J = 2)
     equivariant = nn.Sequential(
-        group_conv(in_fields, fields, 1, C4), nn.Mish(),
-        FieldGroupNorm(2 if fields % 2 == 0 else 1, fields, C4, affine=False),
+        group_conv(in_fields, fields, 1, C4), nn.Mish(), field_norm(fields, "C4"),
     )
     head = nn.Sequential(Restrict(C4, "C2"), GroupPool("C2"), nn.Flatten(),
                          nn.Linear(fields * 2 * side * side, num_classes))

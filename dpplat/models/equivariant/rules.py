@@ -62,11 +62,9 @@ class ExpandedConvRule(LayerRule):
     def norm_sq(self, ctx: RuleContext) -> torch.Tensor:
         module = ctx.module
         train_weight = trainable(module, "weight")
-        if not train_weight:  # only the bias trains: its per-sample gradients come from the output gradient alone
-            bias_expanded = self._bias_expanded(ctx)
-            if bias_expanded is None or not trainable(module, "bias"):
-                return ctx.x.new_zeros(ctx.num_samples)
-            return _pull_bias_batch(module, bias_expanded).square().sum(1)
+        if not train_weight:  # then the bias trains (the engine skips modules with nothing to train): its
+            # per-sample gradients come from the output gradient alone
+            return _pull_bias_batch(module, self._bias_expanded(ctx)).square().sum(1)
         total = ctx.x.new_zeros(ctx.num_samples)
         keep = ctx.num_samples * module.weight.numel() <= KEEP_PER_SAMPLE_VALUES
         kept = []
